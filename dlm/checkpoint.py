@@ -1,0 +1,95 @@
+"""Orbax checkpoints of the training state, and loading a finished run for sampling / eval.
+
+A workdir holds config.json, tokenizer/, data/ (token caches) and checkpoints/<step>/.
+Saves are asynchronous; `close()` waits for the last one, since an unfinished async save is
+silently lost when the process exits.
+"""
+
+import dataclasses
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from dlm import config as config_lib
+from dlm import sharding, state as state_lib
+from dlm.errors import DlmError
+from dlm.model import ModelConfig, Transformer
+from dlm.tokenizer import Tokenizer
+
+
+class Checkpoints:
+
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    if read_only and not os.path.isdir(self.directory):
+      raise DlmError(f'no checkpoints in {workdir}: train first (python main.py --workdir={workdir})')
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                             read_only=read_only))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, force: bool = False) -> None:
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                      force=force)
+
+  def restore(self, step: int, abstract_state):
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except (ValueError, KeyError) as e:
+      raise DlmError(f'checkpoint {step} in {self.directory} does not match this config '
+                     f'({str(e).splitlines()[0][:200]})')
+    return restored['state']
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_state(init_fn, mesh):
+  """Shapes and dtypes of the state, each leaf carrying the replicated sharding of this mesh."""
+  shapes = jax.eval_shape(init_fn, jax.random.key(0))
+  rep = sharding.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run, ready for sampling and evaluation (from a notebook or main.py)."""
+  config: object
+  model_config: ModelConfig
+  model: Transformer
+  params: object
+  tokenizer: Tokenizer
+  step: int
+  workdir: str
+
+
+def load_run(workdir: str, checkpoint: int | None = None) -> Run:
+  """The run in `workdir` at its latest (or the given) checkpoint, EMA weights if kept."""
+  if not os.path.isdir(workdir):
+    raise DlmError(f'workdir {workdir} does not exist')
+  c = config_lib.load_json(os.path.join(workdir, 'config.json'))
+  tok_dir = os.path.join(workdir, 'tokenizer')
+  if not os.path.exists(os.path.join(tok_dir, 'tokenizer.json')):
+    raise DlmError(f'no tokenizer in {workdir}: was training started there?')
+  tok = Tokenizer.load(tok_dir)
+  mcfg = config_lib.model_config(c, tok.vocab_size)
+  model, _, init_fn = state_lib.create(mcfg, c, jax.random.key(0))
+  ckpts = Checkpoints(workdir, read_only=True)
+  steps = ckpts.steps()
+  if not steps:
+    raise DlmError(f'no checkpoint in {workdir}: train first')
+  step = steps[-1] if checkpoint is None else checkpoint
+  if step not in steps:
+    raise DlmError(f'no checkpoint {step} in {workdir}; available: {sorted(steps)}')
+  state = ckpts.restore(step, abstract_state(init_fn, sharding.make_mesh()))
+  ckpts.close()
+  return Run(c, mcfg, model, state_lib.sampling_params(state), tok, step, workdir)

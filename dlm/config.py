@@ -1,0 +1,177 @@
+"""The configuration tree every experiment starts from, and the checks that reject bad values.
+
+Each field maps to a knob of the seed (nanochat's diffusion scripts); `configs/*.py` override
+what they need. `depth` is the one dial nanochat turns: width = 64 * depth and one head per 64
+channels, unless n_embd / n_head / n_layer are given explicitly (non-zero).
+"""
+
+import json
+
+import ml_collections
+
+from dlm import diffusion
+from dlm.errors import DlmError
+from dlm.model import ModelConfig
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      depth=12,            # seed --depth; derives n_layer, n_embd, n_head when those are 0
+      n_layer=0,
+      n_head=0,
+      n_embd=0,
+      sequence_len=1024,   # seed --max_seq_len / sequence_len
+      vocab_size=0,        # 0: the tokenizer's (padded to a multiple of 64)
+      diffusion_dim=64,    # width of the space the noise lives in, projected up to n_embd
+      causal=False,        # True: the autoregressive baseline on the same backbone
+      dtype='float32',     # compute dtype; parameters stay float32
+  ))
+
+  c.diffusion = ml_collections.ConfigDict(dict(
+      diffusion_steps=1000,       # seed --diffusion_steps: the time grid T
+      noise_schedule='cosine',    # seed --noise_schedule: cosine | linear | sqrt
+      loss='ce',                  # ce: cross-entropy on clean tokens | mse: the seed's recipe
+      parameterization='eps',     # space of the mse loss: eps | x0 | v (unused by ce)
+      normalize_embeddings=True,  # fixed-norm embeddings: cannot collapse
+      learn_embeddings=True,
+      prior_logits=True,          # add the independent-token posterior to the model's logits
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      num_iterations=5000,        # seed --num_iterations
+      device_batch_size=32,       # seed --device_batch_size: sequences per device per micro-step
+      total_batch_size=0,         # seed --total_batch_size, in tokens; 0: no accumulation
+      embedding_lr=0.2,
+      unembedding_lr=0.004,
+      matrix_lr=0.02,             # Muon
+      other_lr=0.004,             # AdamW: input projection, time MLP, modulation
+      weight_decay=0.0,
+      warmup_ratio=0.0,
+      warmdown_ratio=0.2,
+      final_lr_frac=0.0,
+      grad_clip=1.0,
+      ema_decay=0.0,              # 0: no EMA; e.g. 0.999 keeps an EMA used for sampling and eval
+      log_every=10,
+      eval_every=250,             # 0: never during training
+      eval_batches=4,
+      checkpoint_every=500,
+      keep_checkpoints=3,
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      path='',                    # .txt file, directory or glob; '' = the generated offline corpus
+      val_path='',                # '' = hold out the last val_fraction of documents
+      val_fraction=0.05,
+      tokenizer_vocab_size=4096,
+      num_generated_stories=20000,
+  ))
+
+  c.sample = ml_collections.ConfigDict(dict(
+      num_samples=4,
+      seq_len=0,                  # 0: model.sequence_len
+      num_steps=100,
+      temperature=1.0,
+      sampler='ddpm',             # ddpm | ddim
+      clamp=False,                # snap x0_hat to the nearest embedding before each update
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      eval_tokens=65536,          # seed --eval_tokens
+      batch_size=8,               # seed --batch_size
+      bound_samples=8,            # log-SNR draws per sequence for the continuous-time bound
+  ))
+  return c
+
+
+def model_config(c, vocab_size: int) -> ModelConfig:
+  m = c.model
+  n_layer = m.n_layer or m.depth
+  n_embd = m.n_embd or 64 * m.depth
+  n_head = m.n_head or max(1, n_embd // 64)
+  if m.vocab_size and m.vocab_size < vocab_size:
+    raise DlmError(f'model.vocab_size={m.vocab_size} is smaller than the tokenizer\'s {vocab_size}')
+  return ModelConfig(
+      vocab_size=m.vocab_size or vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+      sequence_len=m.sequence_len, diffusion_dim=m.diffusion_dim, causal=m.causal,
+      normalize_embeddings=c.diffusion.normalize_embeddings,
+      prior_logits=c.diffusion.prior_logits, dtype=m.dtype)
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise DlmError(message)
+
+
+def validate(c, num_devices: int = 1) -> None:
+  """Reject impossible values with one line that names the field."""
+  m, d, t, s = c.model, c.diffusion, c.train, c.sample
+  _require(m.depth >= 1 or m.n_layer >= 1, 'model.depth must be >= 1')
+  n_embd = m.n_embd or 64 * m.depth
+  n_head = m.n_head or max(1, n_embd // 64)
+  _require(n_embd % n_head == 0, f'model.n_embd={n_embd} is not divisible by n_head={n_head}')
+  _require((n_embd // n_head) % 2 == 0, 'head dimension must be even (rotary embeddings)')
+  _require(m.sequence_len >= 2, 'model.sequence_len must be >= 2')
+  _require(m.diffusion_dim >= 1, 'model.diffusion_dim must be >= 1')
+  _require(m.dtype in ('float32', 'bfloat16'), f'model.dtype={m.dtype!r}: use float32 or bfloat16')
+  _require(d.noise_schedule in diffusion.SCHEDULES,
+           f'diffusion.noise_schedule={d.noise_schedule!r}: expected one of {diffusion.SCHEDULES}')
+  _require(d.loss in ('ce', 'mse'), f'diffusion.loss={d.loss!r}: expected ce or mse')
+  _require(d.parameterization in diffusion.PARAMETERIZATIONS,
+           f'diffusion.parameterization={d.parameterization!r}: expected one of '
+           f'{diffusion.PARAMETERIZATIONS}')
+  _require(d.diffusion_steps >= 1, 'diffusion.diffusion_steps must be >= 1')
+  _require(t.num_iterations >= 1, 'train.num_iterations must be >= 1')
+  _require(t.device_batch_size >= 1, 'train.device_batch_size must be >= 1')
+  accumulation_steps(c, num_devices)
+  _require(0 <= t.ema_decay < 1, 'train.ema_decay must be in [0, 1)')
+  _require(s.num_steps >= 1, 'sample.num_steps must be >= 1')
+  _require(s.num_steps <= d.diffusion_steps,
+           f'sample.num_steps={s.num_steps} exceeds diffusion.diffusion_steps={d.diffusion_steps}')
+  _require(s.seq_len <= m.sequence_len,
+           f'sample.seq_len={s.seq_len} exceeds model.sequence_len={m.sequence_len}')
+  _require(s.temperature > 0, 'sample.temperature must be > 0')
+  _require(s.sampler in ('ddpm', 'ddim'), f'sample.sampler={s.sampler!r}: expected ddpm or ddim')
+
+
+def accumulation_steps(c, num_devices: int) -> int:
+  """Micro-steps per optimiser step, so that total_batch_size tokens are seen per update."""
+  t = c.train
+  per_micro = t.device_batch_size * c.model.sequence_len * num_devices
+  if not t.total_batch_size:
+    return 1
+  _require(t.total_batch_size % per_micro == 0,
+           f'train.total_batch_size={t.total_batch_size} tokens is not divisible by '
+           f'device_batch_size * sequence_len * devices = {per_micro}')
+  return t.total_batch_size // per_micro
+
+
+def save_json(c, path) -> None:
+  with open(path, 'w') as f:
+    f.write(c.to_json(indent=2, sort_keys=True))
+
+
+def load_json(path) -> ml_collections.ConfigDict:
+  """The config a run saved in its workdir; merged over the defaults so old runs keep loading."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise DlmError(f'no config.json in the workdir ({path}): is it a dlm training workdir?')
+  except json.JSONDecodeError as e:
+    raise DlmError(f'{path} is not valid JSON: {e}')
+  c = base_config()
+  c.update_from_flattened_dict(_flatten(saved))
+  return c
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out

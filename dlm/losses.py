@@ -1,0 +1,62 @@
+"""Training objectives: the diffusion loss (ce or the seed's mse) and the next-token loss.
+
+Both return (loss, metrics) with scalar float32 metrics, so the train step can average them
+over micro-batches without knowing which model it is training.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dlm import diffusion
+from dlm.model import Transformer
+
+
+def embedding_table(model: Transformer, params, learn: bool = True):
+  E = model.apply(params, method=Transformer.embedding)
+  return E if learn else jax.lax.stop_gradient(E)
+
+
+def diffusion_loss(params, model: Transformer, tokens_BL, key, dc):
+  """dc: the config's `diffusion` section.
+
+  ce (default): cross-entropy of the denoiser's logits against the clean tokens at a random
+  noise level (CDCD, Plaid). mse: squared error of eps / x0 / v derived from
+  x0_hat = softmax(logits) @ E, the seed's objective when parameterization='eps'.
+  """
+  k_t, k_eps = jax.random.split(key)
+  E_VE = embedding_table(model, params, dc.learn_embeddings)
+  x0_BLE = E_VE[tokens_BL]
+  B = tokens_BL.shape[0]
+  lam_B = diffusion.logsnr(diffusion.grid_times(k_t, B, dc.diffusion_steps),
+                           dc.noise_schedule, dc.diffusion_steps)
+  eps_BLE = jax.random.normal(k_eps, x0_BLE.shape)
+  z_BLE = diffusion.q_sample(x0_BLE, lam_B, eps_BLE)
+  logits_BLV = model.apply(params, z_BLE, lam_B)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL).mean()
+  if dc.loss == 'ce':
+    loss = ce
+  else:
+    x0_hat = diffusion.x0_from_logits(logits_BLV, E_VE)
+    target, pred = diffusion.mse_target_and_pred(dc.parameterization, x0_BLE, eps_BLE, z_BLE,
+                                                 x0_hat, lam_B)
+    loss = jnp.mean(jnp.square(target - pred))
+  metrics = {
+      'loss': loss,
+      'ce': ce,
+      'embed_norm': jnp.mean(jnp.linalg.norm(E_VE, axis=-1)),
+  }
+  return loss, metrics
+
+
+def ar_loss(params, model: Transformer, tokens_BL):
+  """Next-token cross-entropy; the last position has no target and is dropped."""
+  logits = model.apply(params, tokens_BL[:, :-1])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BL[:, 1:]).mean()
+  return loss, {'loss': loss, 'ce': loss}
+
+
+def loss_fn(params, model: Transformer, tokens_BL, key, c):
+  if model.cfg.causal:
+    return ar_loss(params, model, tokens_BL)
+  return diffusion_loss(params, model, tokens_BL, key, c.diffusion)

@@ -1,0 +1,174 @@
+"""The transformer shared by the diffusion model and the autoregressive baseline.
+
+nanochat conventions: parameter-free RMSNorm, rotary positions, QK-norm, ReLU^2 MLP, no biases,
+an untied output head, zero-initialised output projections, and one `depth` dial that derives
+the width. The layers run under `nn.scan`, so compile time does not grow with depth.
+
+Two switches make the two model families:
+- `causal=False` (diffusion): the input is a noisy sequence z_t in a small `diffusion_dim`-wide
+  embedding space, projected up to the model width; the diffusion time (as log-SNR) enters every
+  layer through a zero-initialised scale/shift modulation of its pre-norm activations (DiT's
+  adaLN, Peebles & Xie 2023). The output logits are added to the independent-token posterior
+  `diffusion.prior_logits`, so the network learns only the correction.
+- `causal=True` (autoregressive): the input is token ids, attention is causal, no time input.
+
+Tensors in the hot code are named with their shapes: B batch, L length, D width, H heads,
+K head dim, V vocabulary, E diffusion dim, C conditioning width.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlm import diffusion
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  n_layer: int
+  n_head: int
+  n_embd: int
+  sequence_len: int
+  diffusion_dim: int = 64
+  causal: bool = False
+  normalize_embeddings: bool = True
+  prior_logits: bool = True
+  dtype: str = 'float32'
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+
+def rms_norm(x):
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + 1e-6)).astype(x.dtype)
+
+
+def rotary(L: int, K: int):
+  """cos, sin tables of shape (L, K/2) for rotary embeddings (Su et al. 2021)."""
+  inv_freq = 1.0 / (10000 ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
+  angles = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x_BLHK, cos, sin):
+  x1, x2 = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x_BLHK.dtype)
+
+
+def time_features(lam_B, dim: int = 256):
+  """Sinusoidal features of the log-SNR, rescaled to [0, 1000] like a DDPM timestep index."""
+  s = (lam_B - diffusion.LOGSNR_MIN) / (diffusion.LOGSNR_MAX - diffusion.LOGSNR_MIN) * 1000.0
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
+  args = s[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], -1)
+
+
+def _uniform(scale):
+  """nanochat's init: uniform with the standard deviation of N(0, scale^2)."""
+  bound = math.sqrt(3) * scale
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, cond_BC, rope):
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
+    init = _uniform(D ** -0.5)
+    dense = lambda n, name, kinit=init: nn.DenseGeneral(
+        n, use_bias=False, dtype=dt, kernel_init=kinit, name=name)
+
+    if cond_BC is not None:
+      mod = nn.Dense(4 * D, use_bias=False, kernel_init=nn.initializers.zeros, name='modulation')
+      shift1, scale1, shift2, scale2 = jnp.split(mod(nn.silu(cond_BC))[:, None, :], 4, -1)
+    else:
+      shift1 = scale1 = shift2 = scale2 = 0.0
+
+    h = (rms_norm(x_BLD) * (1 + scale1) + shift1).astype(dt)
+    B, L, _ = h.shape
+    q = dense(D, 'q')(h).reshape(B, L, H, K)
+    k = dense(D, 'k')(h).reshape(B, L, H, K)
+    v = dense(D, 'v')(h).reshape(B, L, H, K)
+    cos, sin = rope
+    q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
+    att = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal)
+    x_BLD = x_BLD + dense(D, 'attn_out', nn.initializers.zeros)(att.reshape(B, L, D))
+
+    h = (rms_norm(x_BLD) * (1 + scale2) + shift2).astype(dt)
+    h = jnp.square(jax.nn.relu(dense(4 * D, 'mlp_in')(h)))
+    x_BLD = x_BLD + dense(D, 'mlp_out', nn.initializers.zeros)(h)
+    return x_BLD, None
+
+
+class Transformer(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    if cfg.causal:
+      self.wte = self.param('wte', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.n_embd))
+    else:
+      self.embed_table = self.param(
+          'embed', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.diffusion_dim))
+      self.in_proj = nn.Dense(cfg.n_embd, use_bias=False, kernel_init=_uniform(
+          cfg.diffusion_dim ** -0.5), name='in_proj')
+      self.time_in = nn.Dense(cfg.n_embd, use_bias=False, name='time_in')
+      self.time_out = nn.Dense(cfg.n_embd, use_bias=False, name='time_out')
+    self.blocks = nn.scan(
+        nn.remat(Block), variable_axes={'params': 0}, split_rngs={'params': True},
+        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)(cfg, name='blocks')
+    # Zero head: uniform predictions at init, so the diffusion bound starts at exactly log2(V).
+    self.head = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=nn.initializers.zeros,
+                         name='head')
+
+  def embedding(self):
+    """The diffusion embedding table E (V, E), on the sphere of radius sqrt(E) when normalised.
+
+    A fixed norm is what stops the collapse of trainable embeddings under an MSE loss: the
+    loss can no longer shrink by shrinking E (Li et al. 2022 see the collapse; CDCD and Plaid
+    normalise). Radius sqrt(E) gives each coordinate unit scale, matching the unit noise.
+    """
+    E = self.embed_table
+    if self.cfg.normalize_embeddings:
+      E = E * jax.lax.rsqrt(jnp.sum(E * E, -1, keepdims=True) + 1e-12) * math.sqrt(E.shape[-1])
+    return E
+
+  def __call__(self, inputs, lam_B=None):
+    """Logits (B, L, V), float32. Diffusion: inputs = z_t (B, L, E) and lam_B. AR: token ids."""
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    L = inputs.shape[1]
+    if L > cfg.sequence_len:
+      raise ValueError(f'sequence length {L} exceeds the model maximum {cfg.sequence_len}')
+    rope = rotary(L, cfg.head_dim)
+    if cfg.causal:
+      x_BLD, cond_BC = self.wte[inputs], None
+    else:
+      x_BLD = self.in_proj(inputs)
+      cond_BC = self.time_out(nn.silu(self.time_in(time_features(lam_B))))
+    x_BLD = rms_norm(x_BLD).astype(dt)
+    x_BLD, _ = self.blocks(x_BLD, cond_BC, rope)
+    logits_BLV = self.head(rms_norm(x_BLD)).astype(jnp.float32)
+    if not cfg.causal and cfg.prior_logits:
+      logits_BLV = logits_BLV + diffusion.prior_logits(inputs, lam_B, self.embedding())
+    return logits_BLV
+
+
+def count_params(params, exclude_embeddings: bool = False) -> int:
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return sum(x.size for path, x in flat
+             if not (exclude_embeddings and any(getattr(p, 'key', '') in ('embed', 'wte')
+                                                for p in path)))
+
+
+def flops_per_token(cfg: ModelConfig, n_params_non_embedding: int) -> float:
+  """Training FLOPs per token by nanochat's rule: 6 N (matmuls fwd+bwd) + 12 l h q t (attention)."""
+  return 6 * n_params_non_embedding + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.sequence_len

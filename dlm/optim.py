@@ -1,0 +1,93 @@
+"""Muon for the hidden matrices, AdamW for everything else, as one optax transformation.
+
+`optax.contrib.muon` on its own sends every 2-D leaf to Muon and everything else to Adam: for a
+language model that puts the embeddings and head under Muon and lets the scanned (layer, in,
+out) kernels fall to Adam. So the groups are chosen here by name, and Muon is told that axis 0
+of a stacked kernel is the layer (a batch axis), axis 1 the input and axis 2 the output.
+
+Learning rates follow nanochat: embedding 0.2, unembedding 0.004 and the rest 0.004 for AdamW,
+scaled by (n_embd / 768)^-0.5, and 0.02 for Muon, scaled by sqrt(max(1, out / in)).
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax.contrib import MuonDimensionNumbers, scale_by_muon
+
+# (regex on the '/'-joined parameter path, group). First match wins.
+GROUP_RULES = (
+    (r'(^|/)(embed|wte)$', 'embedding'),
+    (r'(^|/)head/', 'unembedding'),
+    (r'(^|/)blocks/(q|k|v|attn_out|mlp_in|mlp_out)/kernel$', 'matrix'),
+    (r'.*', 'other'),  # input projection, time MLP, per-layer modulation
+)
+
+
+def param_path(path) -> str:
+  return '/'.join(str(getattr(p, 'key', p)) for p in path)
+
+
+def param_groups(params):
+  """Same tree as params, each leaf replaced by its group name."""
+  def group(path, _):
+    name = param_path(path)
+    return next(g for pattern, g in GROUP_RULES if re.search(pattern, name))
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+def lr_schedule(peak: float, num_iterations: int, warmup_ratio: float, warmdown_ratio: float,
+                final_lr_frac: float):
+  """Linear warmup, constant, linear warmdown to final_lr_frac * peak (nanochat's shape)."""
+  warmup = int(round(warmup_ratio * num_iterations))
+  warmdown = int(round(warmdown_ratio * num_iterations))
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    up = jnp.minimum(1.0, (step + 1) / max(warmup, 1)) if warmup else 1.0
+    frac_left = (num_iterations - step) / max(warmdown, 1)
+    down = jnp.where(step >= num_iterations - warmdown,
+                     final_lr_frac + (1 - final_lr_frac) * jnp.clip(frac_left, 0.0, 1.0), 1.0)
+    return peak * up * down
+  return schedule
+
+
+def _stacked_kernel_dims(updates):
+  return jax.tree.map(lambda _: MuonDimensionNumbers(reduction_axis=1, output_axis=2), updates)
+
+
+def _scale_by_shape():
+  """Muon's update has unit spectral norm; sqrt(max(1, out/in)) keeps its RMS per entry fair."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: u * max(1.0, u.shape[-1] / u.shape[-2]) ** 0.5, updates), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(tc, n_embd: int):
+  """tc: the config's `train` section."""
+  sched = lambda lr: lr_schedule(lr, tc.num_iterations, tc.warmup_ratio, tc.warmdown_ratio,
+                                 tc.final_lr_frac)
+  adam_scale = (n_embd / 768) ** -0.5
+
+  def adamw(lr):
+    return optax.adamw(sched(lr * adam_scale), b1=0.8, b2=0.95, eps=1e-10,
+                       weight_decay=tc.weight_decay)
+
+  muon = optax.chain(
+      scale_by_muon(beta=0.95, weight_dimension_numbers=_stacked_kernel_dims),
+      _scale_by_shape(),
+      optax.add_decayed_weights(tc.weight_decay),
+      optax.scale_by_learning_rate(sched(tc.matrix_lr)),
+  )
+  transforms = {
+      'matrix': muon,
+      'embedding': adamw(tc.embedding_lr),
+      'unembedding': adamw(tc.unembedding_lr),
+      'other': adamw(tc.other_lr),
+  }
+  chain = [optax.partition(transforms, param_groups)]
+  if tc.grad_clip > 0:
+    chain.insert(0, optax.clip_by_global_norm(tc.grad_clip))
+  return optax.chain(*chain)

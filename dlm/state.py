@@ -1,0 +1,42 @@
+"""The training state as a plain pytree: {step, params, opt_state[, ema]}.
+
+Built once from the config by `create`; `jax.eval_shape` of the same function gives the
+abstract target that Orbax restores into (with the shardings of the current mesh).
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dlm.model import ModelConfig, Transformer
+from dlm.optim import make_optimizer
+
+
+def dummy_input(mcfg: ModelConfig, batch: int = 1):
+  L = mcfg.sequence_len
+  if mcfg.causal:
+    return (jnp.zeros((batch, L), jnp.int32),)
+  return jnp.zeros((batch, L, mcfg.diffusion_dim)), jnp.zeros((batch,))
+
+
+def create(mcfg: ModelConfig, c, key):
+  """(model, optimizer, init_fn) where init_fn(key) -> state."""
+  model = Transformer(mcfg)
+  tx = make_optimizer(c.train, mcfg.n_embd)
+
+  def init_fn(key):
+    params = model.init(key, *dummy_input(mcfg))
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+    if c.train.ema_decay:
+      state['ema'] = params
+    return state
+  return model, tx, init_fn
+
+
+def sampling_params(state):
+  """EMA weights where the run keeps them (DESIGN.md item 7), else the raw ones."""
+  return state.get('ema', state['params'])
+
+
+def ema_update(ema, params, decay: float):
+  return optax.incremental_update(params, ema, 1.0 - decay)

@@ -1,0 +1,205 @@
+"""The training loop: config -> data -> state on the mesh -> jitted steps -> checkpoints.
+
+Reads top to bottom in the order things happen. Re-running the same command on the same
+workdir resumes from the latest checkpoint and, because batch N and the noise of step N are
+functions of (seed, N), continues the exact loss curve of an uninterrupted run.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dlm import checkpoint, data, evaluate, losses, sharding
+from dlm import config as config_lib
+from dlm import state as state_lib
+from dlm.errors import DlmError
+from dlm.model import count_params, flops_per_token
+
+# Dense bf16 peak FLOP/s per device, for MFU. None (CPU, unknown chips): MFU is not reported.
+PEAK_FLOPS = {
+    'H100': 989e12, 'H200': 989e12, 'B200': 2250e12, 'A100': 312e12, 'L4': 121e12,
+    'A10': 125e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
+    'TPU v5p': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+}
+
+
+def peak_flops(device) -> float | None:
+  kind = device.device_kind
+  matches = [v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()]
+  return max(matches) if matches and device.platform != 'cpu' else None
+
+
+def make_train_step(model, tx, c, accumulation: int):
+  """One optimiser update over `accumulation` micro-batches, all inside one jit.
+
+  Gradients are summed by a lax.scan, so a checkpoint can never hold half an accumulation.
+  """
+  ema_decay = c.train.ema_decay
+
+  def train_step(state, batch_ABL, key):
+    params = state['params']
+    keys = jax.random.split(jax.random.fold_in(key, state['step']), accumulation)
+
+    def micro(grad_sum, xs):
+      tokens_BL, k = xs
+      (_, metrics), grads = jax.value_and_grad(losses.loss_fn, has_aux=True)(
+          params, model, tokens_BL, k, c)
+      return jax.tree.map(jnp.add, grad_sum, grads), metrics
+
+    grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), (batch_ABL, keys))
+    grads = jax.tree.map(lambda g: g / accumulation, grads)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    new = dict(state, step=state['step'] + 1, params=optax.apply_updates(params, updates),
+               opt_state=opt_state)
+    if ema_decay:
+      new['ema'] = state_lib.ema_update(state['ema'], new['params'], ema_decay)
+    return new, metrics
+  return train_step
+
+
+def _check_workdir_config(c, workdir: str) -> None:
+  """Refuse to resume a workdir whose model or diffusion settings differ from this config."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  saved = config_lib.load_json(path)
+  for section in ('model', 'diffusion', 'data'):
+    if saved[section].to_dict() != c[section].to_dict():
+      diff = [k for k in c[section] if saved[section].get(k) != c[section][k]]
+      raise DlmError(f'{workdir} holds a run with different {section} settings ({", ".join(diff)}): '
+                     f'use a new --workdir or the original config')
+
+
+class MetricsLog:
+  """workdir/metrics.jsonl, one JSON object per logged step, appended across resumes."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    kept = []
+    if os.path.exists(self.path):  # drop lines from after the checkpoint we resume from
+      with open(self.path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def train(c: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
+  """Train (or resume) the run in `workdir`; returns the final evaluation dict."""
+  # ---- config and mesh -------------------------------------------------------------
+  mesh = sharding.make_mesh()
+  n_dev = jax.device_count()
+  config_lib.validate(c, n_dev)
+  accumulation = config_lib.accumulation_steps(c, n_dev)
+  _check_workdir_config(c, workdir)
+  os.makedirs(workdir, exist_ok=True)
+
+  # ---- data ------------------------------------------------------------------------
+  tok, train_stream, val_stream = data.prepare(c, workdir, log)
+  mcfg = config_lib.model_config(c, tok.vocab_size)
+  L, B = mcfg.sequence_len, c.train.device_batch_size * n_dev
+  val_windows = data.eval_windows(val_stream, L, c.train.eval_batches * B * L)
+  config_lib.save_json(c, os.path.join(workdir, 'config.json'))
+
+  # ---- model, optimiser, state -------------------------------------------------------
+  model, tx, init_fn = state_lib.create(mcfg, c, jax.random.key(c.seed))
+  rep = sharding.replicated(mesh)
+  ckpts = checkpoint.Checkpoints(workdir, keep=c.train.keep_checkpoints)
+  start = ckpts.latest_step()
+  if start is None:
+    state = jax.jit(init_fn, out_shardings=rep)(jax.random.key(c.seed))
+    start = 0
+  else:
+    state = ckpts.restore(start, checkpoint.abstract_state(init_fn, mesh))
+    log(f'resuming from checkpoint {start} in {workdir}')
+  n_params = count_params(state['params'])
+  fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
+  kind = 'autoregressive' if mcfg.causal else 'diffusion'
+  log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
+      f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}')
+  log(f'batch: {B} sequences x {accumulation} accumulation x {L} tokens = '
+      f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
+
+  batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
+  step_fn = jax.jit(make_train_step(model, tx, c, accumulation),
+                    in_shardings=(rep, batch_sh, rep), out_shardings=(rep, rep),
+                    donate_argnums=(0,))
+  eval_config = ml_collections.FrozenConfigDict(c)
+  train_key = jax.random.key(c.seed + 1)
+  peak = peak_flops(jax.devices()[0])
+  tokens_per_step = B * accumulation * L
+  metrics_log = MetricsLog(workdir, start)
+
+  def get_batch(step):
+    glob = data.train_batch(train_stream, c.seed, step, (accumulation, B, L))
+    return sharding.to_device(sharding.process_slice(glob, batch_axis=1), batch_sh)
+
+  def validate(params):
+    losses_ = [float(evaluate._objective(params, jnp.asarray(val_windows[i:i + B]),
+                                         jax.random.key(i), model=model,
+                                         config=eval_config)['loss'])
+               for i in range(0, max(len(val_windows) - B + 1, 1), B)]
+    return float(np.mean(losses_))
+
+  # ---- the loop: dispatch step N, then read back step N-1's metrics -------------------
+  T = c.train.num_iterations
+  last_logged = (start, time.perf_counter())
+
+  def report(done: int, metrics) -> None:
+    nonlocal last_logged
+    if not (done % c.train.log_every == 0 or done == T or done == start + 1):
+      return
+    record = {'step': done, **{k: float(v) for k, v in metrics.items()}}  # blocks on step done
+    now = time.perf_counter()
+    if last_logged[0] > start:  # intervals that include step start+1 also include compilation
+      record['tokens_per_sec'] = (done - last_logged[0]) * tokens_per_step / (now - last_logged[1])
+      if peak:
+        record['mfu'] = record['tokens_per_sec'] * fpt / (peak * n_dev)
+    last_logged = (done, now)
+    _log_step(log, record)
+    metrics_log.write(record)
+
+  pending = None
+  for step in range(start, T):
+    state, metrics = step_fn(state, get_batch(step), train_key)
+    if pending is not None:
+      report(*pending)
+    pending = (step + 1, metrics)
+    if c.train.eval_every and (step + 1) % c.train.eval_every == 0 and step + 1 < T:
+      val = validate(state['params'])
+      log(f'step {step + 1}: val_loss {val:.4f}')
+      metrics_log.write({'step': step + 1, 'val_loss': val})
+    if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
+      ckpts.save(step + 1, state)
+  if pending is not None:
+    report(*pending)
+  if ckpts.latest_step() != T:
+    ckpts.save(T, state, force=True)
+  ckpts.close()
+
+  # ---- final evaluation and a look at the samples --------------------------------------
+  params = state_lib.sampling_params(state)
+  result = evaluate.evaluate(params, model, eval_config, val_windows, tok.token_bytes(),
+                             batch_size=B, seed=c.seed)
+  metrics_log.write({'step': T, **{k: v for k, v in result.items() if isinstance(v, float)}})
+  return result
+
+
+def _log_step(log, r: dict) -> None:
+  parts = [f'step {r["step"]}', f'loss {r["loss"]:.4f}']
+  for name, fmt in (('embed_norm', '.3f'), ('grad_norm', '.3f'), ('tokens_per_sec', ',.0f'),
+                    ('mfu', '.1%')):
+    if name in r:
+      parts.append(f'{name} {r[name]:{fmt}}')
+  log(' | '.join(parts))

@@ -1,0 +1,128 @@
+"""dlm command line: train, sample from or evaluate a diffusion language model.
+
+  python main.py --config configs/quickstart.py                  # train (resumes if possible)
+  python main.py --mode=sample --workdir=runs/quickstart --num_samples=4 --num_steps=100
+  python main.py --mode=eval --workdir=runs/quickstart --eval_tokens=16384 --batch_size=32
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/quickstart.py',
+                                          'Experiment config file (train mode).')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
+_WORKDIR = flags.DEFINE_string('workdir', '', 'Run directory; default runs/<config name>.')
+_CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Checkpoint step (default: latest).')
+_OUTPUT = flags.DEFINE_string('output', '', 'sample: write JSONL here; eval: write JSON here.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling / evaluation seed.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 0, 'Samples to draw (0: config).')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', 0, 'Tokens per sample (0: config).')
+_NUM_STEPS = flags.DEFINE_integer('num_steps', 0, 'Denoising steps (0: config).')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Denoiser softmax temperature (0: config).')
+_EVAL_TOKENS = flags.DEFINE_integer('eval_tokens', 0, 'Held-out tokens to evaluate (0: config).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Evaluation batch size (0: config).')
+_EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Evaluate on this text file instead.')
+
+
+def _workdir() -> str:
+  if _WORKDIR.value:
+    return _WORKDIR.value
+  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
+  return os.path.join('runs', name)
+
+
+def _print_samples(records) -> None:
+  for r in records:
+    print(f'--- sample {r["index"]} (seed {r["seed"]}, {r["num_steps"]} steps) ---')
+    print(r['text'])
+
+
+def _sample(workdir: str) -> None:
+  from dlm import checkpoint, sampling
+  run = checkpoint.load_run(workdir, _CHECKPOINT.value)
+  _check_sample_flags(run)
+  records = sampling.generate(run, num_samples=_NUM_SAMPLES.value or run.config.sample.num_samples,
+                              seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
+                              temperature=_TEMPERATURE.value, seed=_SEED.value)
+  _print_samples(records)
+  if _OUTPUT.value:
+    _write(_OUTPUT.value, ''.join(json.dumps(r) + '\n' for r in records))
+
+
+def _check_sample_flags(run) -> None:
+  from dlm.errors import DlmError
+  c = run.config
+  if _NUM_STEPS.value > c.diffusion.diffusion_steps:
+    raise DlmError(f'--num_steps={_NUM_STEPS.value} exceeds the run\'s diffusion_steps='
+                   f'{c.diffusion.diffusion_steps}')
+  if _SEQ_LEN.value > run.model_config.sequence_len:
+    raise DlmError(f'--seq_len={_SEQ_LEN.value} exceeds the model\'s sequence_len='
+                   f'{run.model_config.sequence_len}')
+  if min(_NUM_STEPS.value, _SEQ_LEN.value, _NUM_SAMPLES.value) < 0 or _TEMPERATURE.value < 0:
+    raise DlmError('--num_samples, --seq_len, --num_steps and --temperature must be positive')
+
+
+def _eval(workdir: str) -> None:
+  import numpy as np
+  from tqdm import tqdm
+  from dlm import checkpoint, data, evaluate
+  from dlm.errors import DlmError
+  import ml_collections
+  run = checkpoint.load_run(workdir, _CHECKPOINT.value)
+  c = run.config
+  eval_tokens = _EVAL_TOKENS.value or c.eval.eval_tokens
+  batch_size = _BATCH_SIZE.value or c.eval.batch_size
+  L = run.model_config.sequence_len
+  if _EVAL_DATA.value:
+    stream, source = run.tokenizer.encode_documents(data.read_documents(_EVAL_DATA.value)), _EVAL_DATA.value
+  else:
+    stream, source = np.load(os.path.join(workdir, 'data', 'val.npy'), allow_pickle=False), 'validation split'
+  windows = data.eval_windows(stream, L, eval_tokens)
+  if len(windows) < batch_size or len(stream) < L:
+    raise DlmError(f'{source} gives {len(windows)} windows of {L} tokens, fewer than '
+                   f'--batch_size={batch_size}: lower --batch_size or give more text')
+  result = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(c), windows,
+                             run.tokenizer.token_bytes(), batch_size, seed=_SEED.value,
+                             progress=lambda it: tqdm(it, desc='eval', unit='batch'))
+  result.update(step=run.step, data=source)
+  print(json.dumps(result, indent=2))
+  if _OUTPUT.value:
+    _write(_OUTPUT.value, json.dumps(result, indent=2) + '\n')
+
+
+def _train(workdir: str) -> None:
+  from dlm import checkpoint, sampling, train
+  c = _CONFIG.value
+  result = train.train(c, workdir)
+  print(f'final: val_loss {result["val_loss"]:.4f}' + (
+      f' | bits/token <= {result["bits_per_token"]:.3f} | bits/byte <= {result["bits_per_byte"]:.3f}'
+      if 'bits_per_byte' in result else ''))
+  run = checkpoint.load_run(workdir)
+  _print_samples(sampling.generate(run, num_samples=2, seed=c.seed))
+
+
+def _write(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+def main(argv) -> None:
+  from dlm.errors import DlmError
+  logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    sys.exit(2)
+  try:
+    {'train': _train, 'sample': _sample, 'eval': _eval}[_MODE.value](_workdir())
+  except DlmError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)
