@@ -12,8 +12,22 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/quickstart.py',
-                                          'Experiment config file (train mode).')
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def _unknown_key(e: Exception) -> None:
+  _fail(f'unknown config key {str(e).strip(chr(34))} in a --config.* override')
+
+
+try:  # config_flags reads the --config.* overrides from sys.argv while defining the flag
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'quickstart.py'),
+      'Experiment config file (train mode).')
+except (KeyError, AttributeError) as e:
+  _unknown_key(e)
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Run directory; default runs/<config name>.')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Checkpoint step (default: latest).')
@@ -26,6 +40,11 @@ _TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Denoiser softmax temperat
 _EVAL_TOKENS = flags.DEFINE_integer('eval_tokens', 0, 'Held-out tokens to evaluate (0: config).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Evaluation batch size (0: config).')
 _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Evaluate on this text file instead.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-process run (launch/).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 '
+                                   '(default: detected on TPU pods, SLURM, Open MPI).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the run (0: detected).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (-1: detected).')
 
 
 def _workdir() -> str:
@@ -96,7 +115,15 @@ def _eval(workdir: str) -> None:
 
 def _train(workdir: str) -> None:
   from dlm import checkpoint, sampling, train
+  from dlm.errors import DlmError
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  if not os.path.exists(path):
+    raise DlmError(f'config file {path} does not exist')
   c = _CONFIG.value
+  try:
+    c.model
+  except OSError as e:  # config_flags defers a failed load until the config is used
+    raise DlmError(f'cannot load the config: {" ".join(str(e).split())}')
   result = train.train(c, workdir)
   print(f'final: val_loss {result["val_loss"]:.4f}' + (
       f' | bits/token <= {result["bits_per_token"]:.3f} | bits/byte <= {result["bits_per_byte"]:.3f}'
@@ -111,6 +138,18 @@ def _write(path: str, text: str) -> None:
     f.write(text)
 
 
+def _parse_flags(argv):
+  """absl's parser, with config-file and override problems reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (KeyError, AttributeError) as e:
+    _unknown_key(e)
+  except Exception as e:  # the config file is missing or raises while loading
+    _fail(f'cannot load the config: {" ".join(str(e).split())}')
+
+
 def main(argv) -> None:
   from dlm.errors import DlmError
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO
@@ -118,11 +157,13 @@ def main(argv) -> None:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
   try:
+    if _DISTRIBUTED.value:
+      from dlm import sharding
+      sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     {'train': _train, 'sample': _sample, 'eval': _eval}[_MODE.value](_workdir())
   except DlmError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
       normalize_embeddings=True,  # fixed-norm embeddings: cannot collapse
       learn_embeddings=True,
       prior_logits=True,          # add the independent-token posterior to the model's logits
+      self_condition=True,        # feed the previous x0 estimate back in (+1 forward per step)
   ))
 
   c.train = ml_collections.ConfigDict(dict(

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from dlm import corpus
+from dlm import corpus, sharding
 from dlm.errors import DlmError
 from dlm.tokenizer import Tokenizer, train_tokenizer
 
@@ -76,6 +76,7 @@ def prepare(c, workdir: str, log=print):
   """Tokenizer and token streams for a run, trained / encoded once and cached in the workdir."""
   tok_dir = os.path.join(workdir, 'tokenizer')
   cache = {s: os.path.join(workdir, 'data', f'{s}.npy') for s in ('train', 'val')}
+  sharding.barrier('data-check')  # every process decides on the cache before process 0 writes
   if os.path.exists(os.path.join(tok_dir, 'tokenizer.json')) and all(map(os.path.exists,
                                                                          cache.values())):
     tok = Tokenizer.load(tok_dir)
@@ -92,10 +93,13 @@ def prepare(c, workdir: str, log=print):
     if len(stream) < L + 1:
       raise DlmError(f'the {split} split has {len(stream)} tokens, fewer than one window of '
                      f'sequence_len={L}: give more text or a shorter model.sequence_len')
-  os.makedirs(os.path.dirname(cache['train']), exist_ok=True)
-  tok.save(tok_dir)
-  for split, path in cache.items():
-    np.save(path, streams[split], allow_pickle=False)
+  if sharding.is_main_process():
+    os.makedirs(os.path.dirname(cache['train']), exist_ok=True)
+    tok.save(tok_dir)
+    for split, path in cache.items():
+      np.save(path + '.tmp.npy', streams[split], allow_pickle=False)
+      os.replace(path + '.tmp.npy', path)  # never a half-written cache
+  sharding.barrier('data-written')
   log(f'data: {len(train_docs):,} train / {len(val_docs):,} val documents, '
       f'{len(streams["train"]):,} / {len(streams["val"]):,} tokens, vocab {tok.vocab_size}')
   return tok, streams['train'], streams['val']

@@ -32,11 +32,16 @@ def _objective(params, tokens_BL, key, *, model, config):
   return losses.loss_fn(params, model, tokens_BL, key, config)[1]
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_samples', 'learn_embeddings'))
+@functools.partial(jax.jit, static_argnames=('model', 'num_samples', 'self_condition'))
 def diffusion_bound_nats(params, tokens_BL, key, *, model: Transformer, num_samples: int,
-                         learn_embeddings: bool = True):
+                         self_condition: bool = False):
   """Per-sequence bound terms in nats: dict of (B,) arrays recon, diffusion, prior."""
-  E_VE = losses.embedding_table(model, params, learn_embeddings)
+  E_VE = losses.embedding_table(model, params)
+
+  def denoise(z, lam_B):
+    return model.apply(params, z, lam_B, losses.self_condition(
+        params, model, z, lam_B, E_VE, None, self_condition))
+
   x0 = E_VE[tokens_BL]
   B = tokens_BL.shape[0]
   lo, hi = diffusion.LOGSNR_MIN, diffusion.LOGSNR_MAX
@@ -44,7 +49,7 @@ def diffusion_bound_nats(params, tokens_BL, key, *, model: Transformer, num_samp
 
   lam_hi = jnp.full((B,), hi)
   z0 = diffusion.q_sample(x0, lam_hi, jax.random.normal(k_rec, x0.shape))
-  logits = model.apply(params, z0, lam_hi)
+  logits = denoise(z0, lam_hi)
   recon = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BL).sum(-1)
 
   u = (jax.random.uniform(k_u, (B, 1)) + jnp.arange(num_samples) / num_samples) % 1.0
@@ -53,7 +58,7 @@ def diffusion_bound_nats(params, tokens_BL, key, *, model: Transformer, num_samp
   def one(carry, xs):
     lam_B, k = xs
     z = diffusion.q_sample(x0, lam_B, jax.random.normal(k, x0.shape))
-    x0_hat = diffusion.x0_from_logits(model.apply(params, z, lam_B), E_VE)
+    x0_hat = diffusion.x0_from_logits(denoise(z, lam_B), E_VE)
     err = jnp.sum(jnp.square(x0 - x0_hat), axis=(1, 2))
     return carry + 0.5 * (hi - lo) * jnp.exp(lam_B) * err, None
 
@@ -81,7 +86,7 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
       continue
     terms = jax.device_get(diffusion_bound_nats(
         params, tokens, k, model=model, num_samples=c.eval.bound_samples,
-        learn_embeddings=c.diffusion.learn_embeddings))
+        self_condition=c.diffusion.self_condition))
     per_seq.append(terms['recon'] + terms['diffusion'] + terms['prior'])
     for name in parts:
       parts[name] += float(terms[name].sum())

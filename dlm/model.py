@@ -6,7 +6,8 @@ the width. The layers run under `nn.scan`, so compile time does not grow with de
 
 Two switches make the two model families:
 - `causal=False` (diffusion): the input is a noisy sequence z_t in a small `diffusion_dim`-wide
-  embedding space, projected up to the model width; the diffusion time (as log-SNR) enters every
+  embedding space, beside the model's previous estimate of x0 (self-conditioning, Chen et al.
+  2023 "Analog Bits"; zeros when absent), projected up to the model width; the diffusion time (as log-SNR) enters every
   layer through a zero-initialised scale/shift modulation of its pre-norm activations (DiT's
   adaLN, Peebles & Xie 2023). The output logits are added to the independent-token posterior
   `diffusion.prior_logits`, so the network learns only the correction.
@@ -120,7 +121,7 @@ class Transformer(nn.Module):
       self.embed_table = self.param(
           'embed', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.diffusion_dim))
       self.in_proj = nn.Dense(cfg.n_embd, use_bias=False, kernel_init=_uniform(
-          cfg.diffusion_dim ** -0.5), name='in_proj')
+          (2 * cfg.diffusion_dim) ** -0.5), name='in_proj')
       self.time_in = nn.Dense(cfg.n_embd, use_bias=False, name='time_in')
       self.time_out = nn.Dense(cfg.n_embd, use_bias=False, name='time_out')
     self.blocks = nn.scan(
@@ -142,8 +143,12 @@ class Transformer(nn.Module):
       E = E * jax.lax.rsqrt(jnp.sum(E * E, -1, keepdims=True) + 1e-12) * math.sqrt(E.shape[-1])
     return E
 
-  def __call__(self, inputs, lam_B=None):
-    """Logits (B, L, V), float32. Diffusion: inputs = z_t (B, L, E) and lam_B. AR: token ids."""
+  def __call__(self, inputs, lam_B=None, x0_prev_BLE=None):
+    """Logits (B, L, V), float32.
+
+    Diffusion: inputs = z_t (B, L, E), lam_B, and optionally the previous estimate of x0 for
+    self-conditioning (zeros when there is none). AR: inputs = token ids (B, L).
+    """
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     L = inputs.shape[1]
     if L > cfg.sequence_len:
@@ -152,7 +157,9 @@ class Transformer(nn.Module):
     if cfg.causal:
       x_BLD, cond_BC = self.wte[inputs], None
     else:
-      x_BLD = self.in_proj(inputs)
+      if x0_prev_BLE is None:
+        x0_prev_BLE = jnp.zeros_like(inputs)
+      x_BLD = self.in_proj(jnp.concatenate([inputs, x0_prev_BLE], -1))
       cond_BC = self.time_out(nn.silu(self.time_in(time_features(lam_B))))
     x_BLD = rms_norm(x_BLD).astype(dt)
     x_BLD, _ = self.blocks(x_BLD, cond_BC, rope)

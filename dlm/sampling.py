@@ -4,7 +4,8 @@ The sampler walks a strided subset of the training grid (num_steps of the T diff
 evenly spaced) from pure noise to t = 0. At each step the model's logits give
 x0_hat = softmax(logits / temperature) @ E; the update is the exact Gaussian posterior
 q(z_s | z_t, x0_hat) between the two grid times (DDPM, any stride) or the deterministic DDIM
-step. The text is the argmax of the logits at t = 0.
+step. With self-conditioning, each step also feeds the previous step's x0_hat back to the
+model. The text is the argmax of the logits at t = 0.
 
 `temperature` divides the denoiser's logits: below 1 each x0_hat leans toward its most likely
 token, above 1 toward the mean embedding.
@@ -28,10 +29,10 @@ def step_times(num_steps: int, diffusion_steps: int) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=(
     'model', 'num_samples', 'seq_len', 'num_steps', 'diffusion_steps', 'schedule', 'sampler',
-    'clamp'))
+    'clamp', 'self_condition'))
 def sample_tokens(params, key, *, model, num_samples: int, seq_len: int, num_steps: int,
                   diffusion_steps: int, schedule: str, temperature=1.0, sampler: str = 'ddpm',
-                  clamp: bool = False):
+                  clamp: bool = False, self_condition: bool = False):
   """Token ids (num_samples, seq_len) drawn by reverse diffusion."""
   E_VE = embedding_table(model, params)
   lam = diffusion.logsnr(jnp.asarray(step_times(num_steps, diffusion_steps)), schedule,
@@ -40,24 +41,25 @@ def sample_tokens(params, key, *, model, num_samples: int, seq_len: int, num_ste
   k_init, k_steps = jax.random.split(key)
   z = jax.random.normal(k_init, (N, seq_len, E_VE.shape[-1]))
 
-  def denoise(z, lam_t):
-    logits = model.apply(params, z, jnp.full((N,), lam_t))
+  def denoise(z, lam_t, x0_prev):
+    logits = model.apply(params, z, jnp.full((N,), lam_t), x0_prev)
     if clamp:
       # Snap to the nearest token embedding (Diffusion-LM's clamping trick).
       return logits, E_VE[jnp.argmax(logits, -1)]
     return logits, diffusion.x0_from_logits(logits, E_VE, temperature)
 
-  def step(z, xs):
+  def step(carry, xs):
+    z, x0_prev = carry
     lam_t, lam_s, k = xs
-    _, x0_hat = denoise(z, lam_t)
+    _, x0_hat = denoise(z, lam_t, x0_prev if self_condition else None)
     if sampler == 'ddim':
-      return diffusion.ddim_step(z, x0_hat, lam_t, lam_s), None
+      return (diffusion.ddim_step(z, x0_hat, lam_t, lam_s), x0_hat), None
     mean, std = diffusion.posterior(z, x0_hat, lam_t, lam_s)
-    return mean + std * jax.random.normal(k, z.shape), None
+    return (mean + std * jax.random.normal(k, z.shape), x0_hat), None
 
   keys = jax.random.split(k_steps, num_steps)
-  z, _ = jax.lax.scan(step, z, (lam[:-1], lam[1:], keys))
-  logits, _ = denoise(z, lam[-1])
+  (z, x0_prev), _ = jax.lax.scan(step, (z, jnp.zeros_like(z)), (lam[:-1], lam[1:], keys))
+  logits, _ = denoise(z, lam[-1], x0_prev if self_condition else None)
   return jnp.argmax(logits, -1).astype(jnp.int32)
 
 
@@ -79,7 +81,7 @@ def generate(run, num_samples: int = 4, seq_len: int = 0, num_steps: int = 0,
       seq_len=settings['seq_len'], num_steps=settings['num_steps'],
       diffusion_steps=c.diffusion.diffusion_steps, schedule=c.diffusion.noise_schedule,
       temperature=settings['temperature'], sampler=settings['sampler'],
-      clamp=settings['clamp']))
+      clamp=settings['clamp'], self_condition=c.diffusion.self_condition))
   out = []
   for i, row in enumerate(tokens):
     docs = run.tokenizer.decode_documents(row)

@@ -11,6 +11,29 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 
+def initialize_distributed(coordinator_address: str = '', num_processes: int = 0,
+                           process_id: int = -1) -> None:
+  """One process per host (or per GPU): join the others before any JAX computation.
+
+  With no arguments JAX detects the cluster itself (Cloud TPU, SLURM, Open MPI, Kubernetes).
+  On CPU the processes talk through gloo, which lets a laptop test a multi-process run.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address or None, num_processes or None,
+                             None if process_id < 0 else process_id)
+
+
+def is_main_process() -> bool:
+  """Process 0 writes the workdir's files; the others compute the same things in memory."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def make_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
 

@@ -5,6 +5,7 @@ workdir resumes from the latest checkpoint and, because batch N and the noise of
 functions of (seed, N), continues the exact loss curve of an uninterrupted run.
 """
 
+import functools
 import json
 import os
 import time
@@ -55,7 +56,7 @@ def make_train_step(model, tx, c, accumulation: int):
     grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), (batch_ABL, keys))
     grads = jax.tree.map(lambda g: g / accumulation, grads)
     metrics = jax.tree.map(jnp.mean, metrics)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state['opt_state'], params)
     new = dict(state, step=state['step'] + 1, params=optax.apply_updates(params, updates),
                opt_state=opt_state)
@@ -83,6 +84,9 @@ class MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.enabled = sharding.is_main_process()
+    if not self.enabled:
+      return
     kept = []
     if os.path.exists(self.path):  # drop lines from after the checkpoint we resume from
       with open(self.path) as f:
@@ -91,13 +95,22 @@ class MetricsLog:
       f.writelines(kept)
 
   def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
 
 
-def train(c: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
-  """Train (or resume) the run in `workdir`; returns the final evaluation dict."""
+def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(print, flush=True),
+          stop_after: int | None = None):
+  """Train (or resume) the run in `workdir`; returns the final evaluation dict.
+
+  `stop_after` simulates a preemption: the loop ends after that step with no final save or
+  evaluation (returns None), as if the process had been killed.
+  """
   # ---- config and mesh -------------------------------------------------------------
+  if not sharding.is_main_process():
+    log = lambda *a, **k: None
   mesh = sharding.make_mesh()
   n_dev = jax.device_count()
   config_lib.validate(c, n_dev)
@@ -110,7 +123,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   mcfg = config_lib.model_config(c, tok.vocab_size)
   L, B = mcfg.sequence_len, c.train.device_batch_size * n_dev
   val_windows = data.eval_windows(val_stream, L, c.train.eval_batches * B * L)
-  config_lib.save_json(c, os.path.join(workdir, 'config.json'))
+  if sharding.is_main_process():
+    config_lib.save_json(c, os.path.join(workdir, 'config.json'))
 
   # ---- model, optimiser, state -------------------------------------------------------
   model, tx, init_fn = state_lib.create(mcfg, c, jax.random.key(c.seed))
@@ -125,6 +139,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
     log(f'resuming from checkpoint {start} in {workdir}')
   n_params = count_params(state['params'])
   fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
+  if not mcfg.causal and c.diffusion.self_condition:
+    fpt *= 4 / 3  # the self-conditioning pass is one more forward (2N) beside forward+backward
   kind = 'autoregressive' if mcfg.causal else 'diffusion'
   log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}')
@@ -182,6 +198,10 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
       metrics_log.write({'step': step + 1, 'val_loss': val})
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
       ckpts.save(step + 1, state)
+    if stop_after is not None and step + 1 >= stop_after:
+      report(*pending)
+      ckpts.close()
+      return None
   if pending is not None:
     report(*pending)
   if ckpts.latest_step() != T:

@@ -1,0 +1,90 @@
+"""The shared backbone: bidirectional for diffusion, causal for the AR baseline, time-aware."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm.model import ModelConfig, Transformer, count_params, flops_per_token
+
+
+def _random_params(model, *inputs):
+  """Init, then replace every weight with noise: the zero-initialised projections would
+  otherwise hide any mixing between positions."""
+  params = model.init(jax.random.key(0), *inputs)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape) for k, x in
+                                      zip(keys, leaves)])
+
+
+def _cfg(**kw):
+  return ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, sequence_len=8,
+                     diffusion_dim=8, **kw)
+
+
+def test_diffusion_model_is_bidirectional():
+  model = Transformer(_cfg())
+  z = jax.random.normal(jax.random.key(2), (1, 8, 8))
+  lam = jnp.zeros((1,))
+  params = _random_params(model, z, lam)
+  changed = z.at[0, -1].add(1.0)  # change only the last position
+  out, out2 = model.apply(params, z, lam), model.apply(params, changed, lam)
+  assert float(jnp.abs(out[0, 0] - out2[0, 0]).max()) > 1e-3  # the first position sees it
+
+
+def test_causal_model_ignores_later_tokens():
+  model = Transformer(_cfg(causal=True))
+  tokens = jnp.arange(8)[None] % 64
+  params = _random_params(model, tokens)
+  changed = tokens.at[0, -1].set(33)
+  out, out2 = model.apply(params, tokens), model.apply(params, changed)
+  np.testing.assert_allclose(out[0, :-1], out2[0, :-1], atol=1e-5)
+  assert float(jnp.abs(out[0, -1] - out2[0, -1]).max()) > 1e-3
+
+
+def test_time_conditioning_changes_the_output():
+  model = Transformer(_cfg(prior_logits=False))
+  z = jax.random.normal(jax.random.key(2), (2, 8, 8))
+  params = _random_params(model, z, jnp.zeros((2,)))
+  out = model.apply(params, z, jnp.array([-5.0, 5.0]))
+  out_same = model.apply(params, z[:1].repeat(2, 0), jnp.array([-5.0, 5.0]))
+  assert float(jnp.abs(out_same[0] - out_same[1]).max()) > 1e-3
+  assert out.shape == (2, 8, 64) and out.dtype == jnp.float32
+
+
+def test_zero_head_gives_exactly_the_independent_token_posterior_at_init():
+  from dlm import diffusion
+  model = Transformer(_cfg())
+  z = jax.random.normal(jax.random.key(2), (1, 8, 8))
+  lam = jnp.array([1.0])
+  params = model.init(jax.random.key(0), z, lam)
+  E = model.apply(params, method=Transformer.embedding)
+  np.testing.assert_allclose(model.apply(params, z, lam), diffusion.prior_logits(z, lam, E),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_normalised_embeddings_have_norm_sqrt_dim():
+  model = Transformer(_cfg())
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8)), jnp.zeros((1,)))
+  norms = jnp.linalg.norm(model.apply(params, method=Transformer.embedding), axis=-1)
+  np.testing.assert_allclose(norms, np.sqrt(8), rtol=1e-5)
+
+
+def test_sequence_longer_than_the_model_maximum_is_rejected():
+  model = Transformer(_cfg(causal=True))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  try:
+    model.apply(params, jnp.zeros((1, 9), jnp.int32))
+  except ValueError as e:
+    assert 'exceeds the model maximum' in str(e)
+  else:
+    raise AssertionError('no error for an over-long sequence')
+
+
+def test_parameter_count_and_flops_rule():
+  cfg = _cfg(causal=True)
+  params = Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  per_layer = 4 * 32 * 32 + 2 * 4 * 32 * 32  # q k v out + mlp in/out (the AR model has no modulation)
+  assert count_params(params, exclude_embeddings=True) == 2 * per_layer + 32 * 64
+  assert count_params(params) == 2 * per_layer + 32 * 64 + 64 * 32
+  assert flops_per_token(cfg, 1000) == 6000 + 12 * 2 * 2 * 16 * 8

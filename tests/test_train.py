@@ -1,0 +1,59 @@
+"""Training end to end: resume exactness, and a decisive memorisation test."""
+
+import json
+
+import numpy as np
+
+from conftest import tiny_config
+from dlm import checkpoint, sampling, train
+
+
+def _losses(workdir):
+  with open(workdir / 'metrics.jsonl') as f:
+    return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
+
+
+def test_resume_after_preemption_continues_the_same_loss_curve(tmp_path, quiet):
+  c = tiny_config(**{'train.ema_decay': 0.9})
+  full = train.train(c, str(tmp_path / 'full'), log=quiet)
+  assert train.train(c, str(tmp_path / 'cut'), log=quiet, stop_after=5) is None  # killed at 5
+  resumed_log = []
+  resumed = train.train(c, str(tmp_path / 'cut'), log=resumed_log.append)  # same command again
+  assert any('resuming from checkpoint 3' in m for m in resumed_log)
+  a, b = _losses(tmp_path / 'full'), _losses(tmp_path / 'cut')
+  assert sorted(a) == sorted(b) == list(range(1, 7))
+  np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
+  assert abs(full['val_loss'] - resumed['val_loss']) < 1e-5
+
+
+def test_checkpoint_and_workdir_layout(tmp_path, quiet):
+  train.train(tiny_config(), str(tmp_path), log=quiet)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'checkpoints', 'config.json', 'data', 'metrics.jsonl', 'tokenizer']
+  run = checkpoint.load_run(str(tmp_path))
+  assert run.step == 6
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(l) for l in f]
+  assert all({'step', 'loss'} <= set(r) for r in records if 'loss' in r)
+  assert any('tokens_per_sec' in r for r in records)
+  assert 'bits_per_byte' in records[-1]
+
+
+def test_memorises_a_handful_of_texts_and_samples_one_back_exactly(tmp_path, quiet):
+  texts = ['the red fox jumps over the lazy dog.',
+           'a small bird sings in the old tree.',
+           'my sister likes warm bread with honey.',
+           'we walked to the river after lunch.']
+  corpus = tmp_path / 'texts.txt'
+  corpus.write_text('\n<|endoftext|>\n'.join(texts * 40))
+  c = tiny_config(**{
+      'data.path': str(corpus), 'data.val_path': str(corpus), 'model.sequence_len': 32,
+      'train.num_iterations': 1500, 'train.device_batch_size': 16, 'train.log_every': 500,
+      'train.checkpoint_every': 10000, 'train.warmdown_ratio': 0.3, 'sample.num_steps': 200})
+  train.train(c, str(tmp_path / 'run'), log=quiet)
+  run = checkpoint.load_run(str(tmp_path / 'run'))
+  samples = sampling.generate(run, num_samples=8, seed=0)
+  documents = [d.strip() for s in samples for d in s['documents'][1:-1]]  # whole ones only
+  exact = [d for d in documents if d in texts]
+  assert exact, f'no training text sampled back; got {documents[:4]}'
+  assert len(exact) >= len(documents) // 2
