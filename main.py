@@ -68,8 +68,21 @@ def _sample(workdir: str) -> None:
                               seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
                               temperature=_TEMPERATURE.value, seed=_SEED.value)
   _print_samples(records)
+  _print_stats(run, records)
   if _OUTPUT.value:
     _write(_OUTPUT.value, ''.join(json.dumps(r) + '\n' for r in records))
+
+
+def _print_stats(run, records) -> None:
+  """Word statistics of the samples beside held-out text of the same number of words."""
+  import numpy as np
+  from dlm import textstats
+  s = textstats.stats([r['text'] for r in records])
+  val = np.load(os.path.join(run.workdir, 'data', 'val.npy'), allow_pickle=False)
+  ref = textstats.reference_stats(run.tokenizer.decode(val[:20 * s['words'] + 100]), s['words'])
+  print(f'samples: {s["words"]} words, word entropy {s["word_entropy"]:.2f} bits, '
+        f'distinct-2 {s["distinct_2"]:.2f} | held-out text, same length: '
+        f'{ref["word_entropy"]:.2f} bits, distinct-2 {ref["distinct_2"]:.2f}')
 
 
 def _check_sample_flags(run) -> None:
@@ -129,7 +142,9 @@ def _train(workdir: str) -> None:
       f' | bits/token <= {result["bits_per_token"]:.3f} | bits/byte <= {result["bits_per_byte"]:.3f}'
       if 'bits_per_byte' in result else ''))
   run = checkpoint.load_run(workdir)
-  _print_samples(sampling.generate(run, num_samples=2, seed=c.seed))
+  records = sampling.generate(run, num_samples=c.sample.num_samples, seed=c.seed)
+  _print_samples(records)
+  _print_stats(run, records)
 
 
 def _write(path: str, text: str) -> None:

@@ -12,7 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dlm import config as config_lib
-from dlm import sharding, state as state_lib
+from dlm import optim, sharding, state as state_lib
 from dlm.errors import DlmError
 from dlm.model import ModelConfig, Transformer
 from dlm.tokenizer import Tokenizer
@@ -27,7 +27,8 @@ class Checkpoints:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                             read_only=read_only))
+                                             read_only=read_only),
+        item_handlers={'state': ocp.StandardCheckpointHandler()})
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -39,7 +40,21 @@ class Checkpoints:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                       force=force)
 
+  def _check_shapes(self, step: int, abstract_state) -> None:
+    """Compare parameter shapes with the checkpoint's metadata before reading any array: a
+    failed Orbax restore leaves its worker threads printing tracebacks."""
+    stored = self.manager.item_metadata(step)['state']['params']
+    want = {optim.param_path(p): x.shape for p, x in
+            jax.tree_util.tree_flatten_with_path(abstract_state['params'])[0]}
+    have = {optim.param_path(p): tuple(x.shape) for p, x in
+            jax.tree_util.tree_flatten_with_path(stored)[0]}
+    for name in sorted(set(want) | set(have)):
+      if want.get(name) != have.get(name):
+        raise DlmError(f'checkpoint {step} in {self.directory} does not match this config: '
+                       f'{name} is {have.get(name)} there and {want.get(name)} here')
+
   def restore(self, step: int, abstract_state):
+    self._check_shapes(step, abstract_state)
     try:
       restored = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))

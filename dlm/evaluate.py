@@ -40,7 +40,7 @@ def diffusion_bound_nats(params, tokens_BL, key, *, model: Transformer, num_samp
 
   def denoise(z, lam_B):
     return model.apply(params, z, lam_B, losses.self_condition(
-        params, model, z, lam_B, E_VE, None, self_condition))
+        params, model, z, lam_B, E_VE, False, self_condition))
 
   x0 = E_VE[tokens_BL]
   B = tokens_BL.shape[0]
@@ -69,8 +69,8 @@ def diffusion_bound_nats(params, tokens_BL, key, *, model: Transformer, num_samp
 
 
 def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np.ndarray,
-             batch_size: int, seed: int = 0, progress=None) -> dict:
-  """val_loss and (diffusion) the bound in bits per token / byte over the given windows."""
+             batch_size: int, seed: int = 0, progress=None, bound: bool = True) -> dict:
+  """val_loss and (diffusion, unless bound=False) the bound in bits per token / byte."""
   n = (len(windows) // batch_size) * batch_size
   if n == 0:
     raise ValueError(f'{len(windows)} evaluation windows are fewer than batch_size={batch_size}')
@@ -82,7 +82,7 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
     tokens = jnp.asarray(windows[i:i + batch_size])
     k = jax.random.fold_in(key, i)
     objective.append(float(_objective(params, tokens, k, model=model, config=c)['loss']))
-    if model.cfg.causal:
+    if model.cfg.causal or not bound:
       continue
     terms = jax.device_get(diffusion_bound_nats(
         params, tokens, k, model=model, num_samples=c.eval.bound_samples,

@@ -140,7 +140,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   n_params = count_params(state['params'])
   fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
   if not mcfg.causal and c.diffusion.self_condition:
-    fpt *= 4 / 3  # the self-conditioning pass is one more forward (2N) beside forward+backward
+    fpt *= 7 / 6  # the self-conditioning pass: a forward (2N) over half the batch, beside 6N
   kind = 'autoregressive' if mcfg.causal else 'diffusion'
   log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}')
@@ -161,12 +161,16 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
     glob = data.train_batch(train_stream, c.seed, step, (accumulation, B, L))
     return sharding.to_device(sharding.process_slice(glob, batch_axis=1), batch_sh)
 
-  def validate(params):
-    losses_ = [float(evaluate._objective(params, jnp.asarray(val_windows[i:i + B]),
-                                         jax.random.key(i), model=model,
-                                         config=eval_config)['loss'])
-               for i in range(0, max(len(val_windows) - B + 1, 1), B)]
-    return float(np.mean(losses_))
+  def evaluate_now(params, bound: bool) -> dict:
+    return evaluate.evaluate(params, model, eval_config, val_windows, tok.token_bytes(),
+                             batch_size=min(B, len(val_windows)), seed=c.seed, bound=bound)
+
+  if start == 0:  # the sanity check of DESIGN.md section 5: an untrained model sits at log2(V)
+    init = evaluate_now(state_lib.sampling_params(state), bound=True)
+    if 'bits_per_token' in init:
+      log(f'init: val_loss {init["val_loss"]:.4f} | bits/token <= {init["bits_per_token"]:.3f} '
+          f'(log2 V = {np.log2(mcfg.vocab_size):.3f}) | bits/byte <= {init["bits_per_byte"]:.3f}')
+    metrics_log.write({'step': 0, **{k: v for k, v in init.items() if isinstance(v, float)}})
 
   # ---- the loop: dispatch step N, then read back step N-1's metrics -------------------
   T = c.train.num_iterations
@@ -193,7 +197,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       report(*pending)
     pending = (step + 1, metrics)
     if c.train.eval_every and (step + 1) % c.train.eval_every == 0 and step + 1 < T:
-      val = validate(state['params'])
+      val = evaluate_now(state['params'], bound=False)['val_loss']
       log(f'step {step + 1}: val_loss {val:.4f}')
       metrics_log.write({'step': step + 1, 'val_loss': val})
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
@@ -209,9 +213,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   ckpts.close()
 
   # ---- final evaluation and a look at the samples --------------------------------------
-  params = state_lib.sampling_params(state)
-  result = evaluate.evaluate(params, model, eval_config, val_windows, tok.token_bytes(),
-                             batch_size=B, seed=c.seed)
+  result = evaluate_now(state_lib.sampling_params(state), bound=True)
   metrics_log.write({'step': T, **{k: v for k, v in result.items() if isinstance(v, float)}})
   return result
 
