@@ -17,11 +17,11 @@ def get_config():
   c.model.sequence_len = 64
   c.model.diffusion_dim = 32
   c.data.tokenizer_vocab_size = 2048
-  c.train.num_iterations = 1500
+  c.train.num_iterations = 1200
   c.train.device_batch_size = 32
   c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.checkpoint_every = 500
+  c.train.eval_every = 400
+  c.train.checkpoint_every = 400
   c.sample.num_steps = 200
   c.eval.eval_tokens = 16384
   c.eval.batch_size = 32
