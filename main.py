@@ -40,6 +40,9 @@ _TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Denoiser softmax temperat
 _EVAL_TOKENS = flags.DEFINE_integer('eval_tokens', 0, 'Held-out tokens to evaluate (0: config).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Evaluation batch size (0: config).')
 _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Evaluate on this text file instead.')
+_SCORER = flags.DEFINE_string('scorer', '', 'eval: workdir of the AR scorer for gen-PPL '
+                              '(configs/scorer.py); without it samples get statistics only.')
+_TOP_P = flags.DEFINE_float('top_p', 0.0, 'Nucleus mass for autoregressive runs (0: config).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-process run (launch/).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 '
                                    '(default: detected on TPU pods, SLURM, Open MPI).')
@@ -56,7 +59,8 @@ def _workdir() -> str:
 
 def _print_samples(records) -> None:
   for r in records:
-    print(f'--- sample {r["index"]} (seed {r["seed"]}, {r["num_steps"]} steps) ---')
+    how = f'{r["num_steps"]} steps' if 'num_steps' in r else f'top-p {r["top_p"]}'
+    print(f'--- sample {r["index"]} (seed {r["seed"]}, {how}) ---')
     print(r['text'])
 
 
@@ -66,7 +70,8 @@ def _sample(workdir: str) -> None:
   _check_sample_flags(run)
   records = sampling.generate(run, num_samples=_NUM_SAMPLES.value or run.config.sample.num_samples,
                               seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
-                              temperature=_TEMPERATURE.value, seed=_SEED.value)
+                              temperature=_TEMPERATURE.value, seed=_SEED.value,
+                              top_p=_TOP_P.value)
   _print_samples(records)
   _print_stats(run, records)
   if _OUTPUT.value:
@@ -75,11 +80,10 @@ def _sample(workdir: str) -> None:
 
 def _print_stats(run, records) -> None:
   """Word statistics of the samples beside held-out text of the same number of words."""
-  import numpy as np
-  from dlm import textstats
-  s = textstats.stats([r['text'] for r in records])
-  val = np.load(os.path.join(run.workdir, 'data', 'val.npy'), allow_pickle=False)
-  ref = textstats.reference_stats(run.tokenizer.decode(val[:20 * s['words'] + 100]), s['words'])
+  from dlm import data, metrics
+  s = metrics.stats([r['text'] for r in records])
+  val = data.val_tokens(run.workdir, 20 * s['words'] + 100)
+  ref = metrics.reference_stats(run.tokenizer.decode(val[:20 * s['words'] + 100]), s['words'])
   print(f'samples: {s["words"]} words, word entropy {s["word_entropy"]:.2f} bits, '
         f'distinct-2 {s["distinct_2"]:.2f} | held-out text, same length: '
         f'{ref["word_entropy"]:.2f} bits, distinct-2 {ref["distinct_2"]:.2f}')
@@ -96,10 +100,11 @@ def _check_sample_flags(run) -> None:
                    f'{run.model_config.sequence_len}')
   if min(_NUM_STEPS.value, _SEQ_LEN.value, _NUM_SAMPLES.value) < 0 or _TEMPERATURE.value < 0:
     raise DlmError('--num_samples, --seq_len, --num_steps and --temperature must be positive')
+  if not 0 <= _TOP_P.value <= 1:
+    raise DlmError('--top_p must be in (0, 1]')
 
 
 def _eval(workdir: str) -> None:
-  import numpy as np
   from tqdm import tqdm
   from dlm import checkpoint, data, evaluate
   from dlm.errors import DlmError
@@ -110,9 +115,9 @@ def _eval(workdir: str) -> None:
   batch_size = _BATCH_SIZE.value or c.eval.batch_size
   L = run.model_config.sequence_len
   if _EVAL_DATA.value:
-    stream, source = run.tokenizer.encode_documents(data.read_documents(_EVAL_DATA.value)), _EVAL_DATA.value
+    stream, source = run.tokenizer.encode_documents(data.load_documents(_EVAL_DATA.value)), _EVAL_DATA.value
   else:
-    stream, source = np.load(os.path.join(workdir, 'data', 'val.npy'), allow_pickle=False), 'validation split'
+    stream, source = data.val_tokens(workdir), 'validation split'
   windows = data.eval_windows(stream, L, eval_tokens)
   if len(windows) < batch_size or len(stream) < L:
     raise DlmError(f'{source} gives {len(windows)} windows of {L} tokens, fewer than '
@@ -120,10 +125,27 @@ def _eval(workdir: str) -> None:
   result = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(c), windows,
                              run.tokenizer.token_bytes(), batch_size, seed=_SEED.value,
                              progress=lambda it: tqdm(it, desc='eval', unit='batch'))
-  result.update(step=run.step, data=source)
+  result.update(step=run.step, data=source, weights='ema' if c.train.ema_decay else 'raw')
+  result.update(_eval_samples(run, stream))
   print(json.dumps(result, indent=2))
   if _OUTPUT.value:
     _write(_OUTPUT.value, json.dumps(result, indent=2) + '\n')
+
+
+def _eval_samples(run, stream) -> dict:
+  """Sample quality at the flags' settings beside held-out windows of the same shape."""
+  from dlm import checkpoint, metrics, quality
+  _check_sample_flags(run)
+  scorer = checkpoint.load_run(_SCORER.value) if _SCORER.value else None
+  n = _NUM_SAMPLES.value or run.config.sample.num_samples
+  samples = quality.sample_quality(run, n, seed=_SEED.value, scorer=scorer,
+                                   seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
+                                   temperature=_TEMPERATURE.value, top_p=_TOP_P.value)
+  held_out = quality.row_quality(metrics.reference_windows(stream, n, samples['seq_len'],
+                                                           _SEED.value),
+                                 run.tokenizer.bos_id, scorer)
+  return {'samples': samples, 'held_out': held_out,
+          'scorer': os.path.abspath(_SCORER.value) if scorer else None}
 
 
 def _train(workdir: str) -> None:
@@ -138,9 +160,10 @@ def _train(workdir: str) -> None:
   except OSError as e:  # config_flags defers a failed load until the config is used
     raise DlmError(f'cannot load the config: {" ".join(str(e).split())}')
   result = train.train(c, workdir)
+  rel = '=' if result.get('likelihood', '').startswith('exact') else '<='
   print(f'final: val_loss {result["val_loss"]:.4f}' + (
-      f' | bits/token <= {result["bits_per_token"]:.3f} | bits/byte <= {result["bits_per_byte"]:.3f}'
-      if 'bits_per_byte' in result else ''))
+      f' | bits/token {rel} {result["bits_per_token"]:.3f} | bits/byte {rel} '
+      f'{result["bits_per_byte"]:.3f}' if 'bits_per_byte' in result else ''))
   run = checkpoint.load_run(workdir)
   records = sampling.generate(run, num_samples=c.sample.num_samples, seed=c.seed)
   _print_samples(records)

@@ -1,13 +1,17 @@
 """Orbax checkpoints of the training state, and loading a finished run for sampling / eval.
 
-A workdir holds config.json, tokenizer/, data/ (token caches) and checkpoints/<step>/.
-Saves are asynchronous; `close()` waits for the last one, since an unfinished async save is
-silently lost when the process exits.
+A workdir holds config.json, tokenizer/, data/ (prepared tokens) and checkpoints/<step>/.
+Each checkpoint holds the state and, as item 'data', every process's grain iterator state (one
+JSON file per process, grain's own Orbax handler), so a resumed run continues with the exact
+next batch. Saves are asynchronous; `close()` waits for the last one, since an unfinished async
+save is silently lost when the process exits. The iterator item is written synchronously,
+inside `save`, before the training loop draws the next batch.
 """
 
 import dataclasses
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -28,7 +32,8 @@ class Checkpoints:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                              read_only=read_only),
-        item_handlers={'state': ocp.StandardCheckpointHandler()})
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler()})
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -36,9 +41,11 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state, force: bool = False) -> None:
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                      force=force)
+  def save(self, step: int, state, data_iterator=None, force: bool = False) -> None:
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def _check_shapes(self, step: int, abstract_state) -> None:
     """Compare parameter shapes with the checkpoint's metadata before reading any array: a
@@ -53,11 +60,16 @@ class Checkpoints:
         raise DlmError(f'checkpoint {step} in {self.directory} does not match this config: '
                        f'{name} is {have.get(name)} there and {want.get(name)} here')
 
-  def restore(self, step: int, abstract_state):
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """The state at `step`; with `data_iterator`, also moves it to where it was at `step`."""
     self._check_shapes(step, abstract_state)
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      if not os.path.isdir(os.path.join(self.directory, str(step), 'data')):
+        raise DlmError(f'checkpoint {step} in {self.directory} has no data iterator state')
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
       raise DlmError(f'checkpoint {step} in {self.directory} does not match this config '
                      f'({str(e).splitlines()[0][:200]})')
@@ -97,7 +109,7 @@ def load_run(workdir: str, checkpoint: int | None = None) -> Run:
     raise DlmError(f'no tokenizer in {workdir}: was training started there?')
   tok = Tokenizer.load(tok_dir)
   mcfg = config_lib.model_config(c, tok.vocab_size)
-  model, _, init_fn = state_lib.create(mcfg, c, jax.random.key(0))
+  model, _, init_fn = state_lib.create(mcfg, c)
   ckpts = Checkpoints(workdir, read_only=True)
   steps = ckpts.steps()
   if not steps:

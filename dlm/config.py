@@ -63,11 +63,16 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.data = ml_collections.ConfigDict(dict(
-      path='',                    # .txt file, directory or glob; '' = the generated offline corpus
-      val_path='',                # '' = hold out the last val_fraction of documents
+      path='',                    # file, dir, glob, prepared dir or dataset name; '' = TinyStories
+                                  # from the hub when online, else the generated corpus
+      val_path='',                # '' = hold out 1 in round(1 / val_fraction) documents
       val_fraction=0.05,
+      tokenizer='',               # '' = train a BPE | gpt2 (from tiktoken's cache) | a directory
       tokenizer_vocab_size=4096,
-      num_generated_stories=20000,
+      num_generated_stories=20000,  # documents of the default corpus (either source)
+      max_documents=0,            # 0 = every document of data.path
+      on_error='skip',            # undecodable bytes, bad .jsonl lines: skip (and count) | stop
+      num_workers=0,              # grain worker processes (0: threads in this process)
   ))
 
   c.sample = ml_collections.ConfigDict(dict(
@@ -77,12 +82,14 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=1.0,
       sampler='ddpm',             # ddpm | ddim
       clamp=False,                # snap x0_hat to the nearest embedding before each update
+      top_p=1.0,                  # autoregressive runs: nucleus sampling mass (1: off)
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
       eval_tokens=65536,          # seed --eval_tokens
       batch_size=8,               # seed --batch_size
-      bound_samples=8,            # log-SNR draws per sequence for the continuous-time bound
+      bound_samples=8,            # log-SNR draws per sequence for the bounds (two replicas)
+      discrete_steps=0,           # T of the discrete T-step bound; 0: sample.num_steps
   ))
   return c
 
@@ -134,7 +141,15 @@ def validate(c, num_devices: int = 1) -> None:
   _require(s.seq_len <= m.sequence_len,
            f'sample.seq_len={s.seq_len} exceeds model.sequence_len={m.sequence_len}')
   _require(s.temperature > 0, 'sample.temperature must be > 0')
+  _require(0 < s.top_p <= 1, 'sample.top_p must be in (0, 1]')
+  _require(c.eval.bound_samples >= 2, 'eval.bound_samples must be >= 2 (two replicas for the '
+           'standard error)')
+  _require(0 <= c.eval.discrete_steps <= d.diffusion_steps,
+           f'eval.discrete_steps={c.eval.discrete_steps} must be in [0, diffusion.diffusion_steps]')
   _require(s.sampler in ('ddpm', 'ddim'), f'sample.sampler={s.sampler!r}: expected ddpm or ddim')
+  _require(c.data.on_error in ('skip', 'stop'),
+           f'data.on_error={c.data.on_error!r}: expected skip or stop')
+  _require(c.data.num_workers >= 0, 'data.num_workers must be >= 0')
 
 
 def accumulation_steps(c, num_devices: int) -> int:

@@ -1,17 +1,27 @@
-"""Held-out numbers: the training objective and a true likelihood bound in bits.
+"""Held-out numbers: the training objective and the likelihood in bits, for both model families.
 
-The diffusion model has no exact likelihood; what it has is the variational bound of a
-continuous-time diffusion (Kingma et al. 2021, eq. 11-17), per sequence x with embeddings x0:
+Autoregressive: the exact negative log-likelihood, sum_i -log p(x_i | x_<i).
 
-  -log p(x) <= E[-log p(x | z_0)]                         reconstruction at lambda_max
-             + 1/2 int_{lam_min}^{lam_max} e^lam E||x0 - x0_hat(z_lam)||^2 dlam   diffusion
-             + KL(q(z_1 | x0) || N(0, I))                 prior at lambda_min
+Diffusion: no exact likelihood, but two variational upper bounds, per sequence x with
+embeddings x0 (Kingma et al. 2021, "Variational Diffusion Models", eq. 11-17, 32):
 
-The integral is estimated with log-SNR drawn uniformly (stratified per sequence), which
-needs no schedule derivative because the model is conditioned on lambda itself. The
-decoder p(x | z_0) is the model's own softmax at lambda_max. Bits per byte divide the total
-bits (boundary tokens included) by the UTF-8 bytes of the same tokens, so the number can be
-set beside an autoregressive model's exact NLL on the same text.
+  continuous time:  -log p(x) <= E[-log p(x | z_hi)]                          reconstruction
+                      + 1/2 int_{lam_lo}^{lam_hi} e^lam E||x0 - x0_hat(z_lam)||^2 dlam   diffusion
+                      + KL(q(z_lo | x0) || N(0, I))                             prior
+  discrete, T steps: the integral becomes sum_i KL(q(z_s | z_t, x0) || p(z_s | z_t)) over the
+                      sampler's grid t_i -> s_i; both Gaussians share the variance
+                      (1 - r) sigma_s^2 (r = e^(lam_t - lam_s)), so each KL is
+                      1/2 (SNR_s - SNR_t) ||x0 - x0_hat(z_t)||^2: the bound of the very model
+                      the T-step DDPM sampler runs, and never below the continuous one.
+
+Both expectations are estimated by randomised quasi-Monte Carlo: per sequence, two independently
+shifted lattices of bound_samples / 2 points each in [0, 1) (low-discrepancy times, Owen 1997).
+Each replica alone is unbiased, so half their difference measures the Monte-Carlo error of the
+draws (`*_mc_stderr`); the `*_stderr` beside it is the spread over held-out sequences, which
+also holds the data's own variance and is what an AR model's exact NLL is compared with.
+The decoder p(x | z_hi) is the model's own softmax at the highest log-SNR. Bits per byte divide
+the total bits (boundary tokens included) by the UTF-8 bytes of the same tokens, so the two
+families are compared on the same text independently of the tokenizer.
 """
 
 import functools
@@ -23,6 +33,7 @@ import optax
 
 from dlm import diffusion, losses
 from dlm.model import Transformer
+from dlm.sampling import step_times
 
 LN2 = float(np.log(2.0))
 
@@ -32,75 +43,157 @@ def _objective(params, tokens_BL, key, *, model, config):
   return losses.loss_fn(params, model, tokens_BL, key, config)[1]
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_samples', 'self_condition'))
+@functools.partial(jax.jit, static_argnames=('model',))
+def ar_nll_nats(params, tokens_BL, prev_B, *, model: Transformer):
+  """Exact -log p(x_i | prev, x_<i) in nats, shape (B, L); prev_B is the token before each row."""
+  inputs_BL = jnp.concatenate([prev_B[:, None], tokens_BL[:, :-1]], 1)
+  return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, inputs_BL),
+                                                         tokens_BL)
+
+
+def lattice_draws(key, batch: int, num_samples: int):
+  """(batch, 2 * (num_samples // 2)) points in [0, 1): two randomly shifted evenly spaced
+  lattices per row (randomised quasi-Monte Carlo), replica r in columns r*h .. r*h + h - 1."""
+  h = num_samples // 2
+  shift = jax.random.uniform(key, (batch, 2, 1))
+  return ((shift + jnp.arange(h) / h) % 1.0).reshape(batch, 2 * h)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'model', 'num_samples', 'self_condition', 'num_steps', 'diffusion_steps', 'schedule'))
 def diffusion_bound_nats(params, tokens_BL, key, *, model: Transformer, num_samples: int,
-                         self_condition: bool = False):
-  """Per-sequence bound terms in nats: dict of (B,) arrays recon, diffusion, prior."""
+                         self_condition: bool = False, num_steps: int = 0,
+                         diffusion_steps: int = 1000, schedule: str = 'cosine'):
+  """`bound_terms` of a trained denoiser (self-conditioned as the sampler runs it)."""
   E_VE = losses.embedding_table(model, params)
 
   def denoise(z, lam_B):
     return model.apply(params, z, lam_B, losses.self_condition(
         params, model, z, lam_B, E_VE, False, self_condition))
+  return bound_terms(denoise, E_VE, tokens_BL, key, num_samples, num_steps, diffusion_steps,
+                     schedule)
 
+
+def bound_terms(denoise, E_VE, tokens_BL, key, num_samples: int, num_steps: int = 0,
+                diffusion_steps: int = 1000, schedule: str = 'cosine') -> dict:
+  """Per-sequence bound terms in nats for any denoiser logits(z, lam_B) -> (B, L, V):
+  recon (B,), diffusion (B, 2) one estimate per replica, prior (B,). num_steps = 0: the
+  continuous-time bound over [LOGSNR_MIN, LOGSNR_MAX]; num_steps = T: the discrete bound on
+  the T-step sampling grid of `sampling.step_times`."""
   x0 = E_VE[tokens_BL]
   B = tokens_BL.shape[0]
-  lo, hi = diffusion.LOGSNR_MIN, diffusion.LOGSNR_MAX
+  if num_steps:  # lam from t = 1 (noisiest) to t = 0
+    grid = diffusion.logsnr(jnp.asarray(step_times(num_steps, diffusion_steps)), schedule,
+                            diffusion_steps)
+    lo, hi = grid[0], grid[-1]
+  else:
+    lo, hi = diffusion.LOGSNR_MIN, diffusion.LOGSNR_MAX
   k_rec, k_u, k_eps = jax.random.split(key, 3)
 
   lam_hi = jnp.full((B,), hi)
   z0 = diffusion.q_sample(x0, lam_hi, jax.random.normal(k_rec, x0.shape))
-  logits = denoise(z0, lam_hi)
-  recon = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BL).sum(-1)
+  recon = optax.softmax_cross_entropy_with_integer_labels(denoise(z0, lam_hi), tokens_BL).sum(-1)
 
-  u = (jax.random.uniform(k_u, (B, 1)) + jnp.arange(num_samples) / num_samples) % 1.0
-  lam_BS = lo + (hi - lo) * u
+  def lam_and_weight(u_B):
+    """The log-SNR to denoise at and the weight of ||x0 - x0_hat||^2 in the estimate."""
+    if num_steps:
+      i = jnp.minimum(jnp.floor(u_B * num_steps).astype(jnp.int32), num_steps - 1)
+      lam_t, lam_s = grid[i], grid[i + 1]
+      # T * KL: T/2 (SNR_s - SNR_t) = T/2 e^lam_s (1 - e^(lam_t - lam_s)), in expm1 form.
+      return lam_t, 0.5 * num_steps * jnp.exp(lam_s) * -jnp.expm1(lam_t - lam_s)
+    lam = lo + (hi - lo) * u_B
+    return lam, 0.5 * (hi - lo) * jnp.exp(lam)
 
-  def one(carry, xs):
-    lam_B, k = xs
+  def one(_, xs):
+    u_B, k = xs
+    lam_B, w_B = lam_and_weight(u_B)
     z = diffusion.q_sample(x0, lam_B, jax.random.normal(k, x0.shape))
     x0_hat = diffusion.x0_from_logits(denoise(z, lam_B), E_VE)
-    err = jnp.sum(jnp.square(x0 - x0_hat), axis=(1, 2))
-    return carry + 0.5 * (hi - lo) * jnp.exp(lam_B) * err, None
+    return None, w_B * jnp.sum(jnp.square(x0 - x0_hat), axis=(1, 2))
 
-  keys = jax.random.split(k_eps, num_samples)
-  total, _ = jax.lax.scan(one, jnp.zeros((B,)), (lam_BS.T, keys))
-  return {'recon': recon, 'diffusion': total / num_samples,
-          'prior': diffusion.prior_kl(x0).sum(-1)}
+  u_BS = lattice_draws(k_u, B, num_samples)
+  S = u_BS.shape[1]
+  _, terms_SB = jax.lax.scan(one, None, (u_BS.T, jax.random.split(k_eps, S)))
+  return {'recon': recon, 'diffusion': terms_SB.T.reshape(B, 2, S // 2).mean(-1),
+          'prior': diffusion.prior_kl(x0, lo).sum(-1)}
+
+
+def _summary(prefix: str, nats_N, tokens: int, num_bytes: int, mc_var: float | None) -> dict:
+  """bits per token / byte of per-sequence nats, with the standard error over sequences and,
+  for a bound, the Monte-Carlo standard error of its draws."""
+  n, total = len(nats_N), float(nats_N.sum())
+  per_token = tokens / n
+  out = {f'{prefix}bits_per_token': total / tokens / LN2,
+         f'{prefix}bits_per_byte': total / LN2 / max(num_bytes, 1),
+         f'{prefix}bits_per_token_stderr':
+             float(nats_N.std(ddof=1) / np.sqrt(n) / per_token / LN2) if n > 1 else float('nan')}
+  if mc_var is not None:
+    out[f'{prefix}bits_per_token_mc_stderr'] = float(np.sqrt(mc_var) / tokens / LN2)
+  return out
+
+
+def context_tokens(windows: np.ndarray) -> np.ndarray:
+  """The token before each window of one consecutive stream (`data.eval_windows`): the last of
+  the previous window. The first window opens the stream with `<|bos|>` and gets that same
+  token as its context, which charges the AR model for one unpredictable token (conservative)."""
+  return np.concatenate([windows[:1, 0], windows[:-1, -1]]).astype(np.int32)
 
 
 def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np.ndarray,
              batch_size: int, seed: int = 0, progress=None, bound: bool = True) -> dict:
-  """val_loss and (diffusion, unless bound=False) the bound in bits per token / byte."""
+  """val_loss and (unless bound=False) the likelihood of `windows` in bits per token / byte.
+
+  windows: consecutive slices of one token stream, (n, L). The AR model scores every token of
+  every window (the first with the token before it as context, `context_tokens`), the
+  diffusion model bounds each window as a whole: the same tokens, the same bytes.
+  """
   n = (len(windows) // batch_size) * batch_size
   if n == 0:
     raise ValueError(f'{len(windows)} evaluation windows are fewer than batch_size={batch_size}')
+  prev = context_tokens(windows)[:n]
   windows = windows[:n]
   key = jax.random.key(seed)
-  objective, per_seq, parts = [], [], {'recon': 0.0, 'diffusion': 0.0, 'prior': 0.0}
+  discrete_steps = c.eval.discrete_steps or c.sample.num_steps
+  objective, per_seq = [], {'': [], 'discrete_': []}
+  mc_var = {'': 0.0, 'discrete_': 0.0}
+  parts = {'recon': 0.0, 'diffusion': 0.0, 'prior': 0.0}
   batches = range(0, n, batch_size)
   for i in (progress(batches) if progress else batches):
     tokens = jnp.asarray(windows[i:i + batch_size])
     k = jax.random.fold_in(key, i)
     objective.append(float(_objective(params, tokens, k, model=model, config=c)['loss']))
-    if model.cfg.causal or not bound:
+    if not bound:
       continue
-    terms = jax.device_get(diffusion_bound_nats(
-        params, tokens, k, model=model, num_samples=c.eval.bound_samples,
-        self_condition=c.diffusion.self_condition))
-    per_seq.append(terms['recon'] + terms['diffusion'] + terms['prior'])
-    for name in parts:
-      parts[name] += float(terms[name].sum())
+    if model.cfg.causal:
+      nll = ar_nll_nats(params, tokens, jnp.asarray(prev[i:i + batch_size]), model=model)
+      per_seq[''].append(np.asarray(nll).sum(-1))
+      continue
+    for prefix, steps in (('', 0), ('discrete_', discrete_steps)):
+      terms = jax.device_get(diffusion_bound_nats(
+          params, tokens, k, model=model, num_samples=c.eval.bound_samples,
+          self_condition=c.diffusion.self_condition, num_steps=steps,
+          diffusion_steps=c.diffusion.diffusion_steps, schedule=c.diffusion.noise_schedule))
+      d = terms['diffusion']
+      per_seq[prefix].append(terms['recon'] + d.mean(-1) + terms['prior'])
+      mc_var[prefix] += float(np.sum(np.square(d[:, 0] - d[:, 1])) / 4)
+      if not prefix:
+        for name in parts:
+          parts[name] += float(np.sum(terms[name].mean(-1) if name == 'diffusion' else terms[name]))
   tokens_total = windows.size
   result = {'val_loss': float(np.mean(objective)), 'eval_tokens': int(tokens_total),
             'eval_bytes': int(token_bytes[windows].sum())}
-  if per_seq:
-    nats = np.concatenate(per_seq)
-    L = windows.shape[1]
-    result.update(
-        bits_per_token=float(nats.sum() / tokens_total / LN2),
-        bits_per_token_stderr=float(nats.std(ddof=1) / np.sqrt(len(nats)) / L / LN2)
-        if len(nats) > 1 else float('nan'),
-        bits_per_byte=float(nats.sum() / LN2 / max(result['eval_bytes'], 1)),
-        bound_terms_bits_per_token={k: v / tokens_total / LN2 for k, v in parts.items()},
-        bound='upper (continuous-time variational bound; the true NLL is lower)')
+  if not per_seq['']:
+    return result
+  b = result['eval_bytes']
+  if model.cfg.causal:
+    result.update(_summary('', np.concatenate(per_seq['']), tokens_total, b, None),
+                  likelihood='exact negative log-likelihood (autoregressive)')
+    return result
+  result.update(_summary('', np.concatenate(per_seq['']), tokens_total, b, mc_var['']))
+  result.update(_summary('discrete_', np.concatenate(per_seq['discrete_']), tokens_total, b,
+                         mc_var['discrete_']))
+  result.update(
+      discrete_steps=int(discrete_steps),
+      bound_terms_bits_per_token={k: v / tokens_total / LN2 for k, v in parts.items()},
+      likelihood='upper bound (continuous-time variational bound; the true NLL is lower)')
   return result

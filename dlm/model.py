@@ -81,7 +81,9 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BLD, cond_BC, rope):
+  def __call__(self, x_BLD, cond_BC, rope, cache=None, pos=None):
+    """cache: this layer's {'k', 'v'} of shape (B, S, H, K) for one-token decoding at `pos`
+    (AR only); the new token's key and value are written at `pos` and it attends to 0..pos."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
     init = _uniform(D ** -0.5)
@@ -101,13 +103,23 @@ class Block(nn.Module):
     v = dense(D, 'v')(h).reshape(B, L, H, K)
     cos, sin = rope
     q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
-    att = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal)
+    if cache is None:
+      att = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal)
+    else:
+      cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype),
+                                                        pos, 1),
+               'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype),
+                                                        pos, 1)}
+      # Keys past `pos` are zeros from the empty cache; key_value_seq_lengths masks them
+      # (DESIGN.md section 6 prefers it to a boolean mask).
+      att = jax.nn.dot_product_attention(q, cache['k'], cache['v'],
+                                         key_value_seq_lengths=jnp.full((B,), pos + 1, jnp.int32))
     x_BLD = x_BLD + dense(D, 'attn_out', nn.initializers.zeros)(att.reshape(B, L, D))
 
     h = (rms_norm(x_BLD) * (1 + scale2) + shift2).astype(dt)
     h = jnp.square(jax.nn.relu(dense(4 * D, 'mlp_in')(h)))
     x_BLD = x_BLD + dense(D, 'mlp_out', nn.initializers.zeros)(h)
-    return x_BLD, None
+    return x_BLD, cache
 
 
 class Transformer(nn.Module):
@@ -126,7 +138,8 @@ class Transformer(nn.Module):
       self.time_out = nn.Dense(cfg.n_embd, use_bias=False, name='time_out')
     self.blocks = nn.scan(
         nn.remat(Block), variable_axes={'params': 0}, split_rngs={'params': True},
-        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)(cfg, name='blocks')
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(
+            cfg, name='blocks')
     # Zero head: uniform predictions at init, so the diffusion bound starts at exactly log2(V).
     self.head = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=nn.initializers.zeros,
                          name='head')
@@ -162,11 +175,32 @@ class Transformer(nn.Module):
       x_BLD = self.in_proj(jnp.concatenate([inputs, x0_prev_BLE], -1))
       cond_BC = self.time_out(nn.silu(self.time_in(time_features(lam_B))))
     x_BLD = rms_norm(x_BLD).astype(dt)
-    x_BLD, _ = self.blocks(x_BLD, cond_BC, rope)
+    x_BLD, _ = self.blocks(x_BLD, cond_BC, rope, None, None)
     logits_BLV = self.head(rms_norm(x_BLD)).astype(jnp.float32)
     if not cfg.causal and cfg.prior_logits:
       logits_BLV = logits_BLV + diffusion.prior_logits(inputs, lam_B, self.embedding())
     return logits_BLV
+
+
+  def decode_step(self, token_B, cache, pos):
+    """AR only: logits (B, V) for the token after `token_B` at position `pos`, and the cache
+    with this position's keys and values added (cache from `empty_cache`).
+
+    The same weights and arithmetic as the full causal forward, one position at a time, so
+    sampling costs O(length) per token instead of O(length^2) (tests compare the two).
+    """
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    cos, sin = rotary(cfg.sequence_len, cfg.head_dim)
+    rope = (jax.lax.dynamic_slice_in_dim(cos, pos, 1), jax.lax.dynamic_slice_in_dim(sin, pos, 1))
+    x_B1D = rms_norm(self.wte[token_B][:, None, :]).astype(dt)
+    x_B1D, cache = self.blocks(x_B1D, None, rope, cache, pos)
+    return self.head(rms_norm(x_B1D))[:, 0].astype(jnp.float32), cache
+
+
+def empty_cache(cfg: ModelConfig, batch: int) -> dict:
+  """Keys and values for every layer and position: {'k', 'v'} of shape (layers, B, S, H, K)."""
+  shape = (cfg.n_layer, batch, cfg.sequence_len, cfg.n_head, cfg.head_dim)
+  return {'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
 
 
 def count_params(params, exclude_embeddings: bool = False) -> int:

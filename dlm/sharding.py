@@ -51,10 +51,3 @@ def batch_sharding(mesh, batch_axis: int = 0) -> NamedSharding:
 def to_device(local: np.ndarray, sharding: NamedSharding):
   """This process's rows of a global batch -> one global jax.Array sharded over the mesh."""
   return jax.make_array_from_process_local_data(sharding, local)
-
-
-def process_slice(global_batch: np.ndarray, batch_axis: int = 0) -> np.ndarray:
-  """The rows of a global batch that belong to this process."""
-  n, i = jax.process_count(), jax.process_index()
-  size = global_batch.shape[batch_axis] // n
-  return np.take(global_batch, np.arange(i * size, (i + 1) * size), axis=batch_axis)

@@ -19,7 +19,7 @@ def dummy_input(mcfg: ModelConfig, batch: int = 1):
   return jnp.zeros((batch, L, mcfg.diffusion_dim)), jnp.zeros((batch,))
 
 
-def create(mcfg: ModelConfig, c, key):
+def create(mcfg: ModelConfig, c):
   """(model, optimizer, init_fn) where init_fn(key) -> state."""
   model = Transformer(mcfg)
   tx = make_optimizer(c.train, mcfg.n_embd)

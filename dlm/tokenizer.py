@@ -8,8 +8,10 @@ pickle: workdirs are shared, and loading a pickle runs whatever code it contains
 """
 import base64
 import binascii
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from dlm.errors import DlmError
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}|"""
                  r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
 BOS, PAD = "<|bos|>", "<|pad|>"
-RANKS_FILE, CONFIG_FILE = "tokenizer.tiktoken", "tokenizer.json"
+RANKS_FILE, CONFIG_FILE, BYTES_FILE = "tokenizer.tiktoken", "tokenizer.json", "token_bytes.npy"
 FORMAT_VERSION = 1
 VOCAB_MULTIPLE = 64
 
@@ -78,15 +80,27 @@ class Tokenizer:
     """UTF-8 byte length of each id (0 for specials and padding), for bits per byte."""
     return self._token_bytes.copy()
 
-  def save(self, directory) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+  def _files(self) -> tuple[str, str]:
     ranks = sorted(self.encoding._mergeable_ranks.items(), key=lambda item: item[1])
     lines = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
     config = {"format_version": FORMAT_VERSION, "pattern": self.encoding._pat_str,
               "special_tokens": self.encoding._special_tokens, "vocab_size": self.vocab_size}
+    return lines, json.dumps(config, indent=2) + "\n"
+
+  def fingerprint(self) -> str:
+    """SHA-256 of the saved files' contents: prepared shards record it to catch a mismatch."""
+    return hashlib.sha256("".join(self._files()).encode()).hexdigest()
+
+  def save(self, directory) -> None:
+    """The ranks and config (what `load` reads) plus token byte lengths for other tools."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines, config = self._files()
     _write_atomic(directory / RANKS_FILE, lines)
-    _write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    tmp = directory / f"{BYTES_FILE}.tmp{os.getpid()}.npy"
+    np.save(tmp, self._token_bytes, allow_pickle=False)
+    os.replace(tmp, directory / BYTES_FILE)
+    _write_atomic(directory / CONFIG_FILE, config)  # last: its presence means a whole tokenizer
 
   @classmethod
   def load(cls, directory) -> "Tokenizer":
@@ -126,6 +140,29 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, max_chars: int = 5_00
   encoding = _make_encoding(ranks, trainer.get_pattern(), specials)
   padded = -(-encoding.n_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE  # round up
   return Tokenizer(encoding, padded)
+
+
+def gpt2_tokenizer() -> Tokenizer:
+  """GPT-2's byte-level BPE with <|bos|> and <|pad|> after its 50,257 tokens (vocab 50,304).
+
+  Only from tiktoken's cache (TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR or <tmp>/data-gym-cache,
+  files named by the SHA-1 of their URL): tiktoken would
+  otherwise download the files, which hangs or fails on an offline machine.
+  """
+  from tiktoken_ext import openai_public
+  cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(  # tiktoken.load's own rule
+      "DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+  urls = [f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}"
+          for name in ("vocab.bpe", "encoder.json")]
+  if not cache or not all(os.path.exists(os.path.join(cache, hashlib.sha1(u.encode()).hexdigest()))
+                          for u in urls):
+    raise DlmError(f"the GPT-2 tokenizer files are not in tiktoken's cache ({cache or 'off'}): "
+                   "run tiktoken.get_encoding('gpt2') once online, or train a tokenizer")
+  gpt2 = openai_public.gpt2()
+  ranks = gpt2["mergeable_ranks"]
+  specials = {BOS: len(ranks), PAD: len(ranks) + 1}
+  encoding = _make_encoding(ranks, gpt2["pat_str"], specials)
+  return Tokenizer(encoding, -(-encoding.n_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
 
 
 def _take_chars(texts: Iterable[str], max_chars: int) -> list[str]:

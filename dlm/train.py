@@ -1,8 +1,9 @@
 """The training loop: config -> data -> state on the mesh -> jitted steps -> checkpoints.
 
 Reads top to bottom in the order things happen. Re-running the same command on the same
-workdir resumes from the latest checkpoint and, because batch N and the noise of step N are
-functions of (seed, N), continues the exact loss curve of an uninterrupted run.
+workdir resumes from the latest checkpoint and, because the data iterator's state is saved in
+every checkpoint and the noise of step N is a function of (seed, N), continues the exact loss
+curve of an uninterrupted run.
 """
 
 import functools
@@ -119,15 +120,22 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   os.makedirs(workdir, exist_ok=True)
 
   # ---- data ------------------------------------------------------------------------
-  tok, train_stream, val_stream = data.prepare(c, workdir, log)
+  tok, data_dir, manifest = data.for_training(c, workdir, log)
   mcfg = config_lib.model_config(c, tok.vocab_size)
   L, B = mcfg.sequence_len, c.train.device_batch_size * n_dev
+  val_stream = data.val_tokens(workdir, c.train.eval_batches * B * L)
+  if len(val_stream) < L:
+    raise DlmError(f'the validation split has {len(val_stream)} tokens, fewer than one window of '
+                   f'sequence_len={L}: give more text or a shorter model.sequence_len')
   val_windows = data.eval_windows(val_stream, L, c.train.eval_batches * B * L)
+  train_iter = iter(data.train_dataset(
+      data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B // jax.process_count()), c.seed,
+      jax.process_index(), jax.process_count(), c.data.num_workers))
   if sharding.is_main_process():
     config_lib.save_json(c, os.path.join(workdir, 'config.json'))
 
   # ---- model, optimiser, state -------------------------------------------------------
-  model, tx, init_fn = state_lib.create(mcfg, c, jax.random.key(c.seed))
+  model, tx, init_fn = state_lib.create(mcfg, c)
   rep = sharding.replicated(mesh)
   ckpts = checkpoint.Checkpoints(workdir, keep=c.train.keep_checkpoints)
   start = ckpts.latest_step()
@@ -135,7 +143,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
     state = jax.jit(init_fn, out_shardings=rep)(jax.random.key(c.seed))
     start = 0
   else:
-    state = ckpts.restore(start, checkpoint.abstract_state(init_fn, mesh))
+    state = ckpts.restore(start, checkpoint.abstract_state(init_fn, mesh), train_iter)
     log(f'resuming from checkpoint {start} in {workdir}')
   n_params = count_params(state['params'])
   fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
@@ -157,9 +165,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   tokens_per_step = B * accumulation * L
   metrics_log = MetricsLog(workdir, start)
 
-  def get_batch(step):
-    glob = data.train_batch(train_stream, c.seed, step, (accumulation, B, L))
-    return sharding.to_device(sharding.process_slice(glob, batch_axis=1), batch_sh)
+  def get_batch():
+    return sharding.to_device(next(train_iter), batch_sh)  # this process's rows
 
   def evaluate_now(params, bound: bool) -> dict:
     return evaluate.evaluate(params, model, eval_config, val_windows, tok.token_bytes(),
@@ -192,7 +199,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
 
   pending = None
   for step in range(start, T):
-    state, metrics = step_fn(state, get_batch(step), train_key)
+    state, metrics = step_fn(state, get_batch(), train_key)
     if pending is not None:
       report(*pending)
     pending = (step + 1, metrics)
@@ -201,7 +208,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       log(f'step {step + 1}: val_loss {val:.4f}')
       metrics_log.write({'step': step + 1, 'val_loss': val})
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
-      ckpts.save(step + 1, state)
+      ckpts.save(step + 1, state, train_iter)
     if stop_after is not None and step + 1 >= stop_after:
       report(*pending)
       ckpts.close()
@@ -209,7 +216,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   if pending is not None:
     report(*pending)
   if ckpts.latest_step() != T:
-    ckpts.save(T, state, force=True)
+    ckpts.save(T, state, train_iter, force=True)
   ckpts.close()
 
   # ---- final evaluation and a look at the samples --------------------------------------

@@ -10,6 +10,9 @@ import pathlib
 import jax
 import pytest
 
+# Tests never touch the network: the default corpus is the generated one, decided at once.
+os.environ['HF_HUB_OFFLINE'] = '1'
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 

@@ -51,6 +51,8 @@ def test_eval_writes_val_loss_and_bits_per_byte(trained, tmp_path):
   assert result['eval_tokens'] == 128 and result['step'] == 6
   assert 0 < result['bits_per_byte'] < result['bits_per_token']
   assert result['val_loss'] > 0
+  assert result['discrete_bits_per_token'] > 0 and result['weights'] == 'raw'
+  assert result['samples']['unigram_entropy'] > 0 and 'distinct_4' in result['held_out']
 
 
 def test_eval_on_another_text_file(trained, tmp_path):

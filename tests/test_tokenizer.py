@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlm.errors import DlmError
-from dlm.tokenizer import CONFIG_FILE, RANKS_FILE, Tokenizer, train_tokenizer
+from dlm.tokenizer import BYTES_FILE, CONFIG_FILE, RANKS_FILE, Tokenizer, train_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "train.txt"
 SEPARATOR = "\n<|endoftext|>\n"
@@ -102,7 +102,8 @@ def test_decode_rejects_out_of_range_ids(tok):
 
 def test_save_load_round_trip(tok, tmp_path):
   tok.save(tmp_path)
-  assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RANKS_FILE, CONFIG_FILE])
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RANKS_FILE, CONFIG_FILE, BYTES_FILE])
+  np.testing.assert_array_equal(np.load(tmp_path / BYTES_FILE, allow_pickle=False), tok.token_bytes())
   assert not any(p.suffix in (".pkl", ".pickle") for p in tmp_path.iterdir())
   loaded = Tokenizer.load(tmp_path)
   for name in ("vocab_size", "bos_id", "pad_id"):

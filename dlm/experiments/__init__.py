@@ -1,0 +1,1 @@
+"""Experiments as commands: `python -m dlm.experiments.compare` and `... .ablate`."""

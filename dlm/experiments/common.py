@@ -1,0 +1,119 @@
+"""What the experiment commands share: presets, training a run, evaluating its checkpoints.
+
+A preset scales an experiment without changing its code: `tiny` (the smoke test, seconds),
+`cpu` (a laptop, minutes; it shrinks the model too), `full` (the config as given, for a GPU).
+Overrides are `section.field` keys applied on top of the user's config.
+"""
+
+import copy
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from dlm import checkpoint, data, evaluate, train
+from dlm import config as config_lib
+from dlm.errors import DlmError
+
+PRESETS = {
+    'tiny': dict(config={'train.num_iterations': 6, 'train.checkpoint_every': 3,
+                         'train.keep_checkpoints': 5, 'train.eval_every': 0,
+                         'eval.eval_tokens': 128, 'eval.batch_size': 4, 'eval.bound_samples': 2,
+                         'sample.num_steps': 4},
+                 num_samples=4, temperatures=(0.8, 1.0), num_steps=(2, 4)),
+    'cpu': dict(config={'model.depth': 2, 'model.sequence_len': 64, 'model.diffusion_dim': 32,
+                        'train.num_iterations': 500, 'train.device_batch_size': 16,
+                        'train.log_every': 20, 'train.eval_every': 0,
+                        'train.checkpoint_every': 125, 'train.keep_checkpoints': 5,
+                        'eval.eval_tokens': 4096, 'eval.batch_size': 32, 'eval.bound_samples': 4,
+                        'sample.num_steps': 50},
+                num_samples=32, temperatures=(0.7, 0.85, 1.0), num_steps=(8, 25, 50)),
+    'full': dict(config={}, num_samples=64, temperatures=(0.6, 0.7, 0.8, 0.9, 1.0, 1.1),
+                 num_steps=(8, 16, 32, 64, 128, 256, 512, 1000)),
+}
+
+
+def preset(name: str) -> dict:
+  if name not in PRESETS:
+    raise DlmError(f'unknown preset {name!r}; expected one of {sorted(PRESETS)}')
+  return PRESETS[name]
+
+
+def apply(c, overrides: dict):
+  c = copy.deepcopy(c)
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    c[section][field] = value
+  return c
+
+
+def scorer_config(c):
+  """The gen-PPL scorer for runs of config c: causal, larger (1.5x the depth and so the width
+  where the width derives from depth, else twice the layers), twice the iterations, the same
+  data and sequence length."""
+  s = copy.deepcopy(c)
+  s.model.causal = True
+  layers = c.model.n_layer or c.model.depth
+  if c.model.n_embd:
+    s.model.n_layer = 2 * layers
+  else:
+    s.model.n_layer = math.ceil(1.5 * layers)
+    s.model.n_embd, s.model.n_head = 64 * math.ceil(1.5 * c.model.depth), 0
+  s.train.num_iterations = 2 * c.train.num_iterations
+  s.train.checkpoint_every = s.train.num_iterations
+  return s
+
+
+def on_data_of(c, source_workdir: str):
+  """c reading the prepared tokens of `source_workdir` in place (tokenizer included), so all
+  runs of an experiment see the same tokens with the same tokenizer (checked before scoring)."""
+  c = copy.deepcopy(c)
+  c.data.path = data.prepared_dir(source_workdir)
+  return c
+
+
+def train_run(c, workdir: str, log) -> dict:
+  """Train (or resume) and return the wall time and the median logged tokens/s."""
+  start = time.perf_counter()
+  train.train(c, workdir, log=log)
+  wall = time.perf_counter() - start
+  curve = loss_curve(workdir)
+  tps = [r['tokens_per_sec'] for r in curve if 'tokens_per_sec' in r]
+  return {'workdir': workdir, 'train_wall_s': wall,
+          'tokens_per_sec': float(np.median(tps)) if tps else float('nan'),
+          'tokens_per_step': c.train.device_batch_size * c.model.sequence_len
+                             * config_accumulation(c)}
+
+
+def config_accumulation(c) -> int:
+  return config_lib.accumulation_steps(c, jax.device_count())
+
+
+def loss_curve(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def val_stream(workdir: str) -> np.ndarray:
+  return data.val_tokens(workdir)
+
+
+def evaluate_checkpoints(workdir: str, windows: np.ndarray, batch_size: int,
+                         tokens_per_step: int) -> list[dict]:
+  """The likelihood at every kept checkpoint, oldest first, each with the tokens seen."""
+  out = []
+  for step in checkpoint.Checkpoints(workdir, read_only=True).steps():
+    run = checkpoint.load_run(workdir, step)
+    r = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(run.config),
+                          windows, run.tokenizer.token_bytes(), batch_size)
+    out.append({'step': step, 'tokens': step * tokens_per_step, **r})
+  return sorted(out, key=lambda r: r['step'])
+
+
+def write_json(path: str, obj) -> None:
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=2)
