@@ -175,8 +175,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   if start == 0:  # the sanity check of DESIGN.md section 5: an untrained model sits at log2(V)
     init = evaluate_now(state_lib.sampling_params(state), bound=True)
     if 'bits_per_token' in init:
-      log(f'init: val_loss {init["val_loss"]:.4f} | bits/token <= {init["bits_per_token"]:.3f} '
-          f'(log2 V = {np.log2(mcfg.vocab_size):.3f}) | bits/byte <= {init["bits_per_byte"]:.3f}')
+      rel = '=' if mcfg.causal else '<='  # AR: exact NLL; diffusion: an upper bound
+      log(f'init: val_loss {init["val_loss"]:.4f} | bits/token {rel} {init["bits_per_token"]:.3f} '
+          f'(log2 V = {np.log2(mcfg.vocab_size):.3f}) | bits/byte {rel} {init["bits_per_byte"]:.3f}')
     metrics_log.write({'step': 0, **{k: v for k, v in init.items() if isinstance(v, float)}})
 
   # ---- the loop: dispatch step N, then read back step N-1's metrics -------------------
