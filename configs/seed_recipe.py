@@ -4,8 +4,9 @@
 
 Same model, data and budget as the quickstart; only the objective differs. The seed trains
 eps-prediction with MSE on trainable, unnormalised embeddings and decodes with an argmax head.
-The MSE can be driven toward zero by shrinking the embeddings (watch embed_norm in the log):
-the loss looks excellent while the samples and the likelihood bound are poor.
+On TinyStories (README, Results) its loss falls to 0.08 while the embeddings drift (embed_norm
+5.6 -> 11.7), the head's cross-entropy ends worse than uniform guessing, the bound is 228
+bits/byte against dlm's 1.9, and the samples are "a a a and a a ...".
 """
 
 from configs.quickstart import get_config as quickstart
