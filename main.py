@@ -149,7 +149,7 @@ def _eval_samples(run, stream) -> dict:
 
 
 def _train(workdir: str) -> None:
-  from dlm import checkpoint, sampling, train
+  from dlm import checkpoint, sampling, sharding, train
   from dlm.errors import DlmError
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   if not os.path.exists(path):
@@ -161,13 +161,15 @@ def _train(workdir: str) -> None:
     raise DlmError(f'cannot load the config: {" ".join(str(e).split())}')
   result = train.train(c, workdir)
   rel = '=' if result.get('likelihood', '').startswith('exact') else '<='
-  print(f'final: val_loss {result["val_loss"]:.4f}' + (
-      f' | bits/token {rel} {result["bits_per_token"]:.3f} | bits/byte {rel} '
-      f'{result["bits_per_byte"]:.3f}' if 'bits_per_byte' in result else ''))
+  if sharding.is_main_process():
+    print(f'final: val_loss {result["val_loss"]:.4f}' + (
+        f' | bits/token {rel} {result["bits_per_token"]:.3f} | bits/byte {rel} '
+        f'{result["bits_per_byte"]:.3f}' if 'bits_per_byte' in result else ''))
   run = checkpoint.load_run(workdir)
   records = sampling.generate(run, num_samples=c.sample.num_samples, seed=c.seed)
-  _print_samples(records)
-  _print_stats(run, records)
+  if sharding.is_main_process():  # every process samples (collectives), one prints
+    _print_samples(records)
+    _print_stats(run, records)
 
 
 def _write(path: str, text: str) -> None:
