@@ -123,7 +123,7 @@ it is neither of the two models compared.
          'train wall s', 'samples/s (batch 1)', 'samples/s (full batch)'], speed_rows)}
 
 Diffusion samples use {d['temperature_sweep'][0].get('num_steps')} denoising steps
-(each a forward pass over the whole sequence, two with self-conditioning); the AR model
+(each one forward pass over the whole sequence; self-conditioning reuses the previous step's estimate); the AR model
 decodes with a key/value cache, one token per forward.
 
 {plots['wall']}
