@@ -4,7 +4,6 @@ Built once from the config by `create`; `jax.eval_shape` of the same function gi
 abstract target that Orbax restores into (with the shardings of the current mesh).
 """
 
-import jax
 import jax.numpy as jnp
 import optax
 

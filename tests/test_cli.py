@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_config
-from dlm import config as config_lib, train
+from dlm import train
 
 
 def _main(*args, cwd=ROOT):

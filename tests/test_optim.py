@@ -1,7 +1,6 @@
 """Optimiser groups: Muon on the hidden matrices only, AdamW elsewhere; the lr schedule shape."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from conftest import tiny_config

@@ -14,7 +14,7 @@ import functools
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, quality
@@ -69,26 +69,15 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
   return results
 
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config to ablate.')
-_SWEEP = flags.DEFINE_enum('sweep', 'schedule', sorted(SWEEPS), 'What to vary.')
-_WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs and report go '
-                               '(default runs/ablate_<sweep>).')
-_PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
-_SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
-
-
-def main(argv) -> None:
-  logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO
-  try:
-    if _CONFIG.value is None:
-      raise DlmError('--config is required (e.g. configs/quickstart.py)')
-    ablate(_CONFIG.value, _SWEEP.value, _WORKDIR.value or f'runs/ablate_{_SWEEP.value}',
-           _PRESET.value, _SCORER.value, log=functools.partial(print, flush=True),
-           command='python -m dlm.experiments.ablate ' + ' '.join(sys.argv[1:]))
-  except DlmError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-
-
-if __name__ == '__main__':
-  app.run(main)
+if __name__ == '__main__':  # flags only for the command, so the module imports cleanly
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config to ablate.')
+  _SWEEP = flags.DEFINE_enum('sweep', 'schedule', sorted(SWEEPS), 'What to vary.')
+  _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs and report go '
+                                 '(default runs/ablate_<sweep>).')
+  _PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
+  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
+  common.run_cli(lambda: ablate(
+      common.required_config(_CONFIG), _SWEEP.value,
+      _WORKDIR.value or f'runs/ablate_{_SWEEP.value}', _PRESET.value, _SCORER.value,
+      log=functools.partial(print, flush=True),
+      command='python -m dlm.experiments.ablate ' + ' '.join(sys.argv[1:])))

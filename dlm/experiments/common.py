@@ -9,11 +9,13 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
+from absl import app, logging
 
 from dlm import checkpoint, data, evaluate, train
 from dlm import config as config_lib
@@ -117,3 +119,22 @@ def evaluate_checkpoints(workdir: str, windows: np.ndarray, batch_size: int,
 def write_json(path: str, obj) -> None:
   with open(path, 'w') as f:
     json.dump(obj, f, indent=2)
+
+
+def required_config(flag):
+  if flag.value is None:
+    raise DlmError('--config is required (e.g. configs/quickstart.py)')
+  return flag.value
+
+
+def run_cli(body) -> None:
+  """The experiment commands' absl entry: Orbax kept quiet, DlmError as one line and exit 1."""
+  def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO
+    try:
+      body()
+    except DlmError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+  app.run(main)

@@ -17,11 +17,10 @@ import functools
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, metrics, quality, sampling
-from dlm.errors import DlmError
 from dlm.experiments import common, report, twin
 from dlm.model import count_params
 
@@ -86,24 +85,12 @@ def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '', log=
   return results
 
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config of the pair.')
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/compare', 'Where the runs and report go.')
-_PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
-_SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
-
-
-def main(argv) -> None:
-  logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO
-  try:
-    if _CONFIG.value is None:
-      raise DlmError('--config is required (e.g. configs/quickstart.py)')
-    compare(_CONFIG.value, _WORKDIR.value, _PRESET.value, _SCORER.value,
-            log=functools.partial(print, flush=True),
-            command='python -m dlm.experiments.compare ' + ' '.join(sys.argv[1:]))
-  except DlmError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-
-
-if __name__ == '__main__':
-  app.run(main)
+if __name__ == '__main__':  # flags only for the command, so the module imports cleanly
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config of the pair.')
+  _WORKDIR = flags.DEFINE_string('workdir', 'runs/compare', 'Where the runs and report go.')
+  _PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
+  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
+  common.run_cli(lambda: compare(
+      common.required_config(_CONFIG), _WORKDIR.value, _PRESET.value, _SCORER.value,
+      log=functools.partial(print, flush=True),
+      command='python -m dlm.experiments.compare ' + ' '.join(sys.argv[1:])))
