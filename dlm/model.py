@@ -181,7 +181,6 @@ class Transformer(nn.Module):
       logits_BLV = logits_BLV + diffusion.prior_logits(inputs, lam_B, self.embedding())
     return logits_BLV
 
-
   def decode_step(self, token_B, cache, pos):
     """AR only: logits (B, V) for the token after `token_B` at position `pos`, and the cache
     with this position's keys and values added (cache from `empty_cache`).
