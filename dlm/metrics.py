@@ -15,17 +15,13 @@ Two views: token ids (the models' own units; both families share the tokenizer) 
 
 import collections
 import math
-import re
 from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-_WORD = re.compile(r"[a-z']+")
+from dlm.corpus import words  # the lexicon's own word rule, so the two always agree
+
 REPETITION_N = 4
-
-
-def words(text: str) -> list[str]:
-  return _WORD.findall(text.lower())
 
 
 def entropy(items: Sequence[Hashable]) -> float:

@@ -123,11 +123,12 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   tok, data_dir, manifest = data.for_training(c, workdir, log)
   mcfg = config_lib.model_config(c, tok.vocab_size)
   L, B = mcfg.sequence_len, c.train.device_batch_size * n_dev
-  val_stream = data.val_tokens(workdir, c.train.eval_batches * B * L)
+  val_budget = c.train.eval_batches * B * L
+  val_stream = data.val_tokens(workdir, val_budget)
   if len(val_stream) < L:
-    raise DlmError(f'the validation split has {len(val_stream)} tokens, fewer than one window of '
-                   f'sequence_len={L}: give more text or a shorter model.sequence_len')
-  val_windows = data.eval_windows(val_stream, L, c.train.eval_batches * B * L)
+    raise DlmError(f'the validation split has {len(val_stream)} tokens, fewer than one window '
+                   f'of sequence_len={L}: give more text or a shorter model.sequence_len')
+  val_windows = data.eval_windows(val_stream, L, val_budget)
   train_iter = iter(data.train_dataset(
       data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B // jax.process_count()), c.seed,
       jax.process_index(), jax.process_count(), c.data.num_workers))

@@ -39,10 +39,7 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
   base = common.apply(c, p['config'])
   base.model.causal = False
   os.makedirs(workdir, exist_ok=True)
-  if not scorer_workdir:
-    scorer_workdir = os.path.join(workdir, 'scorer')
-    log('== training the scorer')
-    common.train_run(common.scorer_config(base), scorer_workdir, log)
+  scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
   scorer = checkpoint.load_run(scorer_workdir)
   variants = []
   for name, overrides in SWEEPS[sweep]:
@@ -53,7 +50,7 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
     trained = common.train_run(vc, wd, log)
     run = checkpoint.load_run(wd)
     quality.check_scorer(run, scorer, vc.model.sequence_len)
-    windows = data.eval_windows(common.val_stream(wd), vc.model.sequence_len,
+    windows = data.eval_windows(data.val_tokens(wd), vc.model.sequence_len,
                                 vc.eval.eval_tokens)
     final = common.evaluate_checkpoints(wd, windows, min(vc.eval.batch_size, len(windows)),
                                         trained['tokens_per_step'])[-1]

@@ -78,6 +78,17 @@ def on_data_of(c, source_workdir: str):
   return c
 
 
+def ensure_scorer(c, workdir: str, scorer_workdir: str, log) -> str:
+  """The scorer run to use: the given one, or one trained now (for runs of config c) in
+  workdir/scorer. Every compared run then trains on the scorer's prepared data and tokenizer."""
+  if scorer_workdir:
+    return scorer_workdir
+  scorer_workdir = os.path.join(workdir, 'scorer')
+  log('== training the scorer')
+  train_run(scorer_config(c), scorer_workdir, log)
+  return scorer_workdir
+
+
 def train_run(c, workdir: str, log) -> dict:
   """Train (or resume) and return the wall time and the median logged tokens/s."""
   start = time.perf_counter()
@@ -98,10 +109,6 @@ def config_accumulation(c) -> int:
 def loss_curve(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def val_stream(workdir: str) -> np.ndarray:
-  return data.val_tokens(workdir)
 
 
 def evaluate_checkpoints(workdir: str, windows: np.ndarray, batch_size: int,

@@ -34,12 +34,8 @@ def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '', log=
   configs['diffusion'].model.causal = False
   configs['autoregressive'] = twin.ar_twin(configs['diffusion'])
   os.makedirs(workdir, exist_ok=True)
+  scorer_workdir = common.ensure_scorer(configs['diffusion'], workdir, scorer_workdir, log)
   runs = {}
-  if not scorer_workdir:
-    scorer_workdir = os.path.join(workdir, 'scorer')
-    log('== training the scorer')
-    runs['scorer'] = common.train_run(common.scorer_config(configs['diffusion']), scorer_workdir,
-                                      log)
   for family in FAMILIES:
     configs[family] = common.on_data_of(configs[family], scorer_workdir)
     log(f'== training the {family} model')
@@ -47,7 +43,7 @@ def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '', log=
 
   scorer = checkpoint.load_run(scorer_workdir)
   L = configs['diffusion'].model.sequence_len
-  val = common.val_stream(runs['diffusion']['workdir'])
+  val = data.val_tokens(runs['diffusion']['workdir'])
   windows = data.eval_windows(val, L, configs['diffusion'].eval.eval_tokens)
   batch = min(configs['diffusion'].eval.batch_size, len(windows))
   n = p['num_samples']
