@@ -43,6 +43,10 @@ _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Evaluate on this text file in
 _SCORER = flags.DEFINE_string('scorer', '', 'eval: workdir of the AR scorer for gen-PPL '
                               '(configs/scorer.py); without it samples get statistics only.')
 _TOP_P = flags.DEFINE_float('top_p', 0.0, 'Nucleus mass for autoregressive runs (0: config).')
+_SAMPLER = flags.DEFINE_string('sampler', '', 'ancestral | ddim | dpm++2m (empty: config).')
+_SCORE_TEMPERATURE = flags.DEFINE_float('score_temperature', 0.0,
+                                        'Divides the implied score (Plaid; 0: config).')
+_SELF_CONDITION = flags.DEFINE_string('self_condition', '', 'previous | fresh (empty: config).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-process run (launch/).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 '
                                    '(default: detected on TPU pods, SLURM, Open MPI).')
@@ -59,7 +63,8 @@ def _workdir() -> str:
 
 def _print_samples(records) -> None:
   for r in records:
-    how = f'{r["num_steps"]} steps' if 'num_steps' in r else f'top-p {r["top_p"]}'
+    how = (f'{r["num_steps"]} {r["sampler"]} steps' if 'num_steps' in r
+           else f'top-p {r["top_p"]}')
     print(f'--- sample {r["index"]} (seed {r["seed"]}, {how}) ---')
     print(r['text'])
 
@@ -71,11 +76,16 @@ def _sample(workdir: str) -> None:
   records = sampling.generate(run, num_samples=_NUM_SAMPLES.value or run.config.sample.num_samples,
                               seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
                               temperature=_TEMPERATURE.value, seed=_SEED.value,
-                              top_p=_TOP_P.value)
+                              top_p=_TOP_P.value, **_sampler_flags())
   _print_samples(records)
   _print_stats(run, records)
   if _OUTPUT.value:
     _write(_OUTPUT.value, ''.join(json.dumps(r) + '\n' for r in records))
+
+
+def _sampler_flags() -> dict:
+  return dict(sampler=_SAMPLER.value, score_temperature=_SCORE_TEMPERATURE.value,
+              self_condition=_SELF_CONDITION.value)
 
 
 def _print_stats(run, records) -> None:
@@ -90,11 +100,15 @@ def _print_stats(run, records) -> None:
 
 
 def _check_sample_flags(run) -> None:
+  from dlm import config as config_lib, samplers
   from dlm.errors import DlmError
-  c = run.config
-  if _NUM_STEPS.value > c.diffusion.diffusion_steps:
-    raise DlmError(f'--num_steps={_NUM_STEPS.value} exceeds the run\'s diffusion_steps='
-                   f'{c.diffusion.diffusion_steps}')
+  if _SAMPLER.value and _SAMPLER.value not in samplers.SAMPLERS:
+    raise DlmError(f'--sampler={_SAMPLER.value!r}: expected one of {samplers.SAMPLERS}')
+  if _SELF_CONDITION.value and _SELF_CONDITION.value not in config_lib.SELF_CONDITION:
+    raise DlmError(f'--self_condition={_SELF_CONDITION.value!r}: expected one of '
+                   f'{config_lib.SELF_CONDITION}')
+  if _SCORE_TEMPERATURE.value < 0:
+    raise DlmError('--score_temperature must be positive')
   if _SEQ_LEN.value > run.model_config.sequence_len:
     raise DlmError(f'--seq_len={_SEQ_LEN.value} exceeds the model\'s sequence_len='
                    f'{run.model_config.sequence_len}')
@@ -124,12 +138,30 @@ def _eval(workdir: str) -> None:
                    f'--batch_size={batch_size}: lower --batch_size or give more text')
   result = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(c), windows,
                              run.tokenizer.token_bytes(), batch_size, seed=_SEED.value,
-                             progress=lambda it: tqdm(it, desc='eval', unit='batch'))
+                             progress=lambda it: tqdm(it, desc='eval', unit='batch'),
+                             proposal=run.proposal)
   result.update(step=run.step, data=source, weights='ema' if c.train.ema_decay else 'raw')
   result.update(_eval_samples(run, stream))
   print(json.dumps(result, indent=2))
+  if run.proposal is not None:
+    _print_curve(result['heldout_ce_vs_logsnr'], run.proposal)
   if _OUTPUT.value:
     _write(_OUTPUT.value, json.dumps(result, indent=2) + '\n')
+
+
+def _print_curve(curve: dict, proposal) -> None:
+  """The held-out cross-entropy against log-SNR beside the run's noise proposal q, as text:
+  where the curve falls is where the model decides tokens, and where q should put its mass."""
+  import numpy as np
+  edges = np.asarray(proposal['edges'])
+  q = np.diff(np.asarray(proposal['cdf'])) / np.diff(edges)
+  print('held-out cross-entropy (nats/token) vs log-SNR, and the noise proposal q:')
+  stride = max(1, len(q) // 16)
+  for i in range(0, len(q), stride):
+    ce = curve['ce'][i]
+    bar = '#' * int(round(40 * q[i] / q.max()))
+    print(f'  lambda {curve["logsnr"][i]:7.2f}  CE {"   -  " if ce is None else f"{ce:6.3f}"}'
+          f'  q {q[i]:.3f} {bar}')
 
 
 def _eval_samples(run, stream) -> dict:
@@ -140,7 +172,8 @@ def _eval_samples(run, stream) -> dict:
   n = _NUM_SAMPLES.value or run.config.sample.num_samples
   samples = quality.sample_quality(run, n, seed=_SEED.value, scorer=scorer,
                                    seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
-                                   temperature=_TEMPERATURE.value, top_p=_TOP_P.value)
+                                   temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+                                   **_sampler_flags())
   held_out = quality.row_quality(metrics.reference_windows(stream, n, samples['seq_len'],
                                                            _SEED.value),
                                  run.tokenizer.bos_id, scorer)

@@ -1,4 +1,5 @@
-"""The seed's recipe, kept to show why dlm does not use it: pure eps-MSE, free embeddings.
+"""The seed's recipe, kept to show why dlm does not use it: pure eps-MSE, free embeddings,
+the cosine schedule drawn uniformly in time.
 
   python main.py --config configs/seed_recipe.py
 
@@ -19,4 +20,5 @@ def get_config():
   c.diffusion.normalize_embeddings = False
   c.diffusion.prior_logits = False
   c.diffusion.self_condition = False
+  c.diffusion.allocation = 'schedule'  # cosine, times uniform on the 1000-step grid
   return c

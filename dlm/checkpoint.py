@@ -94,6 +94,7 @@ class Run:
   model_config: ModelConfig
   model: Transformer
   params: object
+  proposal: object  # the noise proposal q of a diffusion run (`dlm.noise`); None for AR
   tokenizer: Tokenizer
   step: int
   workdir: str
@@ -119,4 +120,5 @@ def load_run(workdir: str, checkpoint: int | None = None) -> Run:
     raise DlmError(f'no checkpoint {step} in {workdir}; available: {sorted(steps)}')
   state = ckpts.restore(step, abstract_state(init_fn, sharding.make_mesh()))
   ckpts.close()
-  return Run(c, mcfg, model, state_lib.sampling_params(state), tok, step, workdir)
+  return Run(c, mcfg, model, state_lib.sampling_params(state), state_lib.proposal(state), tok,
+             step, workdir)

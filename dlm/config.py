@@ -9,7 +9,7 @@ import json
 
 import ml_collections
 
-from dlm import diffusion
+from dlm import diffusion, noise, samplers
 from dlm.errors import DlmError
 from dlm.model import ModelConfig
 
@@ -31,8 +31,18 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
-      diffusion_steps=1000,       # seed --diffusion_steps: the time grid T
-      noise_schedule='cosine',    # seed --noise_schedule: cosine | linear | sqrt
+      diffusion_steps=1000,       # seed --diffusion_steps: the time grid T of allocation=schedule
+      noise_schedule='cosine',    # seed --noise_schedule: cosine | linear | sqrt | flow
+      allocation='adaptive',      # noise levels trained, sampled, bounded: schedule | gumbel | adaptive
+      path='vp',                  # vp: z = alpha x + sigma eps, a^2 + s^2 = 1 | flow: (1-t) x + t eps
+      token_logsnr_min=-8.0,      # range trained and bounded, in log-SNR + ln(diffusion_dim):
+      token_logsnr_max=6.0,       # prior KL at its noisy end, reconstruction at its clean end
+      gumbel_mu=0.0,              # allocation=gumbel start; 0: 4.72 + ln(diffusion_dim / 768)
+      gumbel_beta=0.85,
+      proposal_bins=64,           # bins of the running CE-vs-log-SNR curve and of q(lambda)
+      proposal_floor=0.05,        # share of q spread uniformly over the range (q > 0 everywhere)
+      proposal_refresh=100,       # steps between rebuilds of q from the running curve
+      proposal_ema=0.99,          # per-step decay of the running curve
       loss='ce',                  # ce: cross-entropy on clean tokens | mse: the seed's recipe
       parameterization='eps',     # space of the mse loss: eps | x0 | v (unused by ce)
       normalize_embeddings=True,  # fixed-norm embeddings: cannot collapse
@@ -79,8 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=4,
       seq_len=0,                  # 0: model.sequence_len
       num_steps=100,
-      temperature=1.0,
-      sampler='ddpm',             # ddpm | ddim
+      temperature=1.0,            # divides the denoiser's logits in x0_hat
+      score_temperature=1.0,      # divides the implied score (Plaid); < 1 sharpens
+      sampler='ancestral',        # ancestral | ddim | dpm++2m
+      self_condition='previous',  # previous: feed back the last step's x0_hat | fresh: 2 passes
       clamp=False,                # snap x0_hat to the nearest embedding before each update
       top_p=1.0,                  # autoregressive runs: nucleus sampling mass (1: off)
   ))
@@ -94,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+SELF_CONDITION = ('previous', 'fresh')
+
+
 def model_config(c, vocab_size: int) -> ModelConfig:
   m = c.model
   n_layer = m.n_layer or m.depth
@@ -105,7 +120,8 @@ def model_config(c, vocab_size: int) -> ModelConfig:
       vocab_size=m.vocab_size or vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
       sequence_len=m.sequence_len, diffusion_dim=m.diffusion_dim, causal=m.causal,
       normalize_embeddings=c.diffusion.normalize_embeddings,
-      prior_logits=c.diffusion.prior_logits, dtype=m.dtype)
+      prior_logits=c.diffusion.prior_logits, learn_embeddings=c.diffusion.learn_embeddings,
+      path=c.diffusion.path, dtype=m.dtype)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -131,22 +147,34 @@ def validate(c, num_devices: int = 1) -> None:
            f'diffusion.parameterization={d.parameterization!r}: expected one of '
            f'{diffusion.PARAMETERIZATIONS}')
   _require(d.diffusion_steps >= 1, 'diffusion.diffusion_steps must be >= 1')
+  _require(d.allocation in noise.ALLOCATIONS,
+           f'diffusion.allocation={d.allocation!r}: expected one of {noise.ALLOCATIONS}')
+  _require(d.path in diffusion.PATHS, f'diffusion.path={d.path!r}: expected one of {diffusion.PATHS}')
+  _require(d.token_logsnr_min < d.token_logsnr_max,
+           'diffusion.token_logsnr_min must be below token_logsnr_max')
+  _require(d.gumbel_beta > 0, 'diffusion.gumbel_beta must be > 0')
+  _require(d.proposal_bins >= 4, 'diffusion.proposal_bins must be >= 4')
+  _require(0 < d.proposal_floor <= 1, 'diffusion.proposal_floor must be in (0, 1] (q > 0 '
+           'everywhere keeps the bound unbiased)')
+  _require(d.proposal_refresh >= 1, 'diffusion.proposal_refresh must be >= 1')
+  _require(0 <= d.proposal_ema < 1, 'diffusion.proposal_ema must be in [0, 1)')
   _require(t.num_iterations >= 1, 'train.num_iterations must be >= 1')
   _require(t.device_batch_size >= 1, 'train.device_batch_size must be >= 1')
   accumulation_steps(c, num_devices)
   _require(0 <= t.ema_decay < 1, 'train.ema_decay must be in [0, 1)')
   _require(s.num_steps >= 1, 'sample.num_steps must be >= 1')
-  _require(s.num_steps <= d.diffusion_steps,
-           f'sample.num_steps={s.num_steps} exceeds diffusion.diffusion_steps={d.diffusion_steps}')
   _require(s.seq_len <= m.sequence_len,
            f'sample.seq_len={s.seq_len} exceeds model.sequence_len={m.sequence_len}')
   _require(s.temperature > 0, 'sample.temperature must be > 0')
+  _require(s.score_temperature > 0, 'sample.score_temperature must be > 0')
+  _require(s.self_condition in SELF_CONDITION,
+           f'sample.self_condition={s.self_condition!r}: expected one of {SELF_CONDITION}')
   _require(0 < s.top_p <= 1, 'sample.top_p must be in (0, 1]')
   _require(c.eval.bound_samples >= 2, 'eval.bound_samples must be >= 2 (two replicas for the '
            'standard error)')
-  _require(0 <= c.eval.discrete_steps <= d.diffusion_steps,
-           f'eval.discrete_steps={c.eval.discrete_steps} must be in [0, diffusion.diffusion_steps]')
-  _require(s.sampler in ('ddpm', 'ddim'), f'sample.sampler={s.sampler!r}: expected ddpm or ddim')
+  _require(c.eval.discrete_steps >= 0, 'eval.discrete_steps must be >= 0')
+  _require(s.sampler in samplers.SAMPLERS,
+           f'sample.sampler={s.sampler!r}: expected one of {samplers.SAMPLERS}')
   _require(c.data.on_error in ('skip', 'stop'),
            f'data.on_error={c.data.on_error!r}: expected skip or stop')
   _require(c.data.num_workers >= 0, 'data.num_workers must be >= 0')

@@ -38,6 +38,8 @@ class ModelConfig:
   causal: bool = False
   normalize_embeddings: bool = True
   prior_logits: bool = True
+  learn_embeddings: bool = True
+  path: str = 'vp'
   dtype: str = 'float32'
 
   @property
@@ -64,7 +66,8 @@ def apply_rotary(x_BLHK, cos, sin):
 
 
 def time_features(lam_B, dim: int = 256):
-  """Sinusoidal features of the log-SNR, rescaled to [0, 1000] like a DDPM timestep index."""
+  """Sinusoidal features of the log-SNR, rescaled so the default range spans [0, 1000] like a
+  DDPM timestep index."""
   s = (lam_B - diffusion.LOGSNR_MIN) / (diffusion.LOGSNR_MAX - diffusion.LOGSNR_MIN) * 1000.0
   freqs = jnp.exp(-math.log(10000.0) * jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
   args = s[:, None] * freqs[None, :]
@@ -150,8 +153,12 @@ class Transformer(nn.Module):
     A fixed norm is what stops the collapse of trainable embeddings under an MSE loss: the
     loss can no longer shrink by shrinking E (Li et al. 2022 see the collapse; CDCD and Plaid
     normalise). Radius sqrt(E) gives each coordinate unit scale, matching the unit noise.
+    With learn_embeddings=False no gradient reaches the table from any use of it (the targets,
+    the prior logits, x0_hat), so it stays exactly at its initial values.
     """
     E = self.embed_table
+    if not self.cfg.learn_embeddings:
+      E = jax.lax.stop_gradient(E)
     if self.cfg.normalize_embeddings:
       E = E * jax.lax.rsqrt(jnp.sum(E * E, -1, keepdims=True) + 1e-12) * math.sqrt(E.shape[-1])
     return E
@@ -178,7 +185,7 @@ class Transformer(nn.Module):
     x_BLD, _ = self.blocks(x_BLD, cond_BC, rope, None, None)
     logits_BLV = self.head(rms_norm(x_BLD)).astype(jnp.float32)
     if not cfg.causal and cfg.prior_logits:
-      logits_BLV = logits_BLV + diffusion.prior_logits(inputs, lam_B, self.embedding())
+      logits_BLV = logits_BLV + diffusion.prior_logits(inputs, lam_B, self.embedding(), cfg.path)
     return logits_BLV
 
   def decode_step(self, token_B, cache, pos):

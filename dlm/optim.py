@@ -65,8 +65,9 @@ def _scale_by_shape():
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def make_optimizer(tc, n_embd: int):
-  """tc: the config's `train` section."""
+def make_optimizer(tc, n_embd: int, learn_embeddings: bool = True):
+  """tc: the config's `train` section. Frozen embeddings get no update at all (not even weight
+  decay)."""
   sched = lambda lr: lr_schedule(lr, tc.num_iterations, tc.warmup_ratio, tc.warmdown_ratio,
                                  tc.final_lr_frac)
   adam_scale = (n_embd / 768) ** -0.5
@@ -83,7 +84,7 @@ def make_optimizer(tc, n_embd: int):
   )
   transforms = {
       'matrix': muon,
-      'embedding': adamw(tc.embedding_lr),
+      'embedding': adamw(tc.embedding_lr) if learn_embeddings else optax.set_to_zero(),
       'unembedding': adamw(tc.unembedding_lr),
       'other': adamw(tc.other_lr),
   }

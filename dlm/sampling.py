@@ -1,22 +1,26 @@
 """Generating text: the reverse diffusion as one jitted `lax.scan`.
 
-The sampler walks a strided subset of the training grid (num_steps of the T diffusion steps,
-evenly spaced) from pure noise to t = 0. At each step the model's logits give
-x0_hat = softmax(logits / temperature) @ E; the update is the exact Gaussian posterior
-q(z_s | z_t, x0_hat) between the two grid times (DDPM, any stride) or the deterministic DDIM
-step. With self-conditioning, each step also feeds the previous step's x0_hat back to the
-model. The text is the argmax of the logits at t = 0.
+The sampler's num_steps + 1 log-SNRs sit at equal quantiles of the run's noise proposal q
+(`dlm.noise`), from the noisy end to the clean end, so its steps go where the model's
+cross-entropy changes, the same places training went. At each step the denoiser's logits give
+x0_hat = softmax(logits / temperature) @ E (optionally score-tempered, Plaid, or clamped to
+the nearest embedding, Diffusion-LM), and one of `dlm.samplers`' update rules moves z:
+ancestral (the exact posterior), DDIM, or DPM-Solver++(2M). The text is the argmax of the
+denoiser's logits at the clean end.
 
-`temperature` divides the denoiser's logits: below 1 each x0_hat leans toward its most likely
-token, above 1 toward the mean embedding.
+Self-conditioning, `previous` (the usual one): each step feeds back the previous step's
+estimate, one forward per step; `fresh`: each step runs the denoiser twice at the same z, the
+first pass feeding the second, which is the two-pass denoiser the likelihood bound describes
+(two forwards per step). Either way the estimate fed back is the temperature-1 one the model
+was trained on, not the tempered or clamped one used for the update.
 
 The autoregressive baseline samples left to right from a `<|bos|>`, one token per step of a
 jitted `lax.scan` with a key/value cache (`Transformer.decode_step`), with temperature and
 nucleus (top-p) truncation. Tokens are drawn by inverse-CDF sampling over the sorted
 probabilities rather than Gumbel-max: float32 Gumbel noise cannot reach the tail and silently
-lowers the temperature (DESIGN.md 4.8), while the inverse CDF misplaces at most the float32
-rounding of the cumulative sum, about V * 2^-24 of probability (1e-4 for V = 2048), and the
-sort is needed for top-p anyway. A test checks the empirical frequencies against the softmax.
+lowers the temperature, while the inverse CDF misplaces at most the float32 rounding of the
+cumulative sum, about V * 2^-24 of probability (1e-4 for V = 2048), and the sort is needed for
+top-p anyway. A test checks the empirical frequencies against the softmax.
 """
 
 import functools
@@ -25,50 +29,56 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm import diffusion
+from dlm import diffusion, noise, samplers
 from dlm.losses import embedding_table
 from dlm.model import Transformer, empty_cache
 
 
-def step_times(num_steps: int, diffusion_steps: int) -> np.ndarray:
-  """num_steps + 1 grid times from 1 down to 0, evenly strided over the T-step grid."""
-  k = np.round(np.linspace(diffusion_steps, 0, num_steps + 1)).astype(np.int64)
-  return k / diffusion_steps
-
-
 @functools.partial(jax.jit, static_argnames=(
-    'model', 'num_samples', 'seq_len', 'num_steps', 'diffusion_steps', 'schedule', 'sampler',
-    'clamp', 'self_condition'))
-def sample_tokens(params, key, *, model, num_samples: int, seq_len: int, num_steps: int,
-                  diffusion_steps: int, schedule: str, temperature=1.0, sampler: str = 'ddpm',
-                  clamp: bool = False, self_condition: bool = False):
-  """Token ids (num_samples, seq_len) drawn by reverse diffusion."""
+    'model', 'num_samples', 'seq_len', 'sampler', 'clamp', 'self_condition'))
+def sample_tokens(params, key, lam_steps, *, model, num_samples: int, seq_len: int,
+                  sampler: str = 'ancestral', temperature=1.0, score_temperature=1.0,
+                  clamp: bool = False, self_condition: str = ''):
+  """Token ids (num_samples, seq_len) drawn by reverse diffusion through lam_steps (noisy to
+  clean, `noise.steps`). self_condition: '' (off), 'previous' or 'fresh'."""
   E_VE = embedding_table(model, params)
-  lam = diffusion.logsnr(jnp.asarray(step_times(num_steps, diffusion_steps)), schedule,
-                         diffusion_steps)
+  path = model.cfg.path
   N = num_samples
   k_init, k_steps = jax.random.split(key)
   z = jax.random.normal(k_init, (N, seq_len, E_VE.shape[-1]))
 
   def denoise(z, lam_t, x0_prev):
-    logits = model.apply(params, z, jnp.full((N,), lam_t), x0_prev)
+    """(logits, the temperature-1 estimate to feed back)."""
+    lam_B = jnp.full((N,), lam_t)
+    if self_condition == 'fresh':
+      x0_prev = diffusion.x0_from_logits(model.apply(params, z, lam_B), E_VE)
+    logits = model.apply(params, z, lam_B, x0_prev if self_condition else None)
+    return logits, diffusion.x0_from_logits(logits, E_VE)
+
+  def estimate(z, lam_t, logits):
+    """The x0 the update uses."""
     if clamp:
-      # Snap to the nearest token embedding (Diffusion-LM's clamping trick).
-      return logits, E_VE[jnp.argmax(logits, -1)]
-    return logits, diffusion.x0_from_logits(logits, E_VE, temperature)
+      x0_hat = E_VE[jnp.argmax(logits, -1)]
+    else:
+      x0_hat = diffusion.x0_from_logits(logits, E_VE, temperature)
+    return samplers.score_tempered(z, x0_hat, lam_t, score_temperature, path)
 
   def step(carry, xs):
-    z, x0_prev = carry
-    lam_t, lam_s, k = xs
-    _, x0_hat = denoise(z, lam_t, x0_prev if self_condition else None)
-    if sampler == 'ddim':
-      return (diffusion.ddim_step(z, x0_hat, lam_t, lam_s), x0_hat), None
-    mean, std = diffusion.posterior(z, x0_hat, lam_t, lam_s)
-    return (mean + std * jax.random.normal(k, z.shape), x0_hat), None
+    z, x0_fed, x0_last, lam_last = carry
+    lam_t, lam_s, k, i = xs
+    logits, x0_fed = denoise(z, lam_t, x0_fed)
+    x0_hat = estimate(z, lam_t, logits)
+    z = samplers.step(sampler, z, x0_hat, lam_t, lam_s, jax.random.normal(k, z.shape), path,
+                      x0_prev=x0_last, lam_prev=lam_last,
+                      second_order=(i > 0) & (i < lam_steps.shape[0] - 2))
+    return (z, x0_fed, x0_hat, lam_t), None
 
-  keys = jax.random.split(k_steps, num_steps)
-  (z, x0_prev), _ = jax.lax.scan(step, (z, jnp.zeros_like(z)), (lam[:-1], lam[1:], keys))
-  logits, _ = denoise(z, lam[-1], x0_prev if self_condition else None)
+  S = lam_steps.shape[0] - 1
+  keys = jax.random.split(k_steps, S)
+  zeros = jnp.zeros_like(z)
+  (z, x0_fed, _, _), _ = jax.lax.scan(
+      step, (z, zeros, zeros, lam_steps[0]), (lam_steps[:-1], lam_steps[1:], keys, jnp.arange(S)))
+  logits, _ = denoise(z, lam_steps[-1], x0_fed)
   return jnp.argmax(logits, -1).astype(jnp.int32)
 
 
@@ -107,16 +117,18 @@ def sample_ar_tokens(params, key, *, model, num_samples: int, seq_len: int, bos_
 
 def generate(run, num_samples: int = 4, seq_len: int = 0, num_steps: int = 0,
              temperature: float = 0.0, seed: int = 0, sampler: str = '', clamp=None,
-             top_p: float = 0.0) -> list[dict]:
+             top_p: float = 0.0, score_temperature: float = 0.0,
+             self_condition: str = '') -> list[dict]:
   """Samples from a loaded run (`dlm.checkpoint.load_run`), one dict per sample.
 
   Zero / empty arguments take the run's `sample` config. Each record carries the decoded
   `text` (documents joined by blank lines), the `documents`, the `tokens`, the seed and the
-  settings, ready to be written as JSONL. Diffusion runs use num_steps / sampler / clamp,
-  autoregressive runs (model.causal) top_p; both use temperature.
+  settings, ready to be written as JSONL. Diffusion runs use num_steps / sampler / clamp /
+  score_temperature / self_condition, autoregressive runs (model.causal) top_p; both use
+  temperature.
   """
   tokens, settings = sample_array(run, num_samples, seq_len, num_steps, temperature, seed,
-                                  sampler, clamp, top_p)
+                                  sampler, clamp, top_p, score_temperature, self_condition)
   out = []
   for i, row in enumerate(tokens):
     docs = run.tokenizer.decode_documents(row)
@@ -127,7 +139,8 @@ def generate(run, num_samples: int = 4, seq_len: int = 0, num_steps: int = 0,
 
 def sample_array(run, num_samples: int, seq_len: int = 0, num_steps: int = 0,
                  temperature: float = 0.0, seed: int = 0, sampler: str = '', clamp=None,
-                 top_p: float = 0.0) -> tuple[np.ndarray, dict]:
+                 top_p: float = 0.0, score_temperature: float = 0.0,
+                 self_condition: str = '') -> tuple[np.ndarray, dict]:
   """(token ids (num_samples, seq_len), the settings used): `generate` without decoding."""
   sc, c = run.config.sample, run.config
   settings = dict(seq_len=seq_len or sc.seq_len or run.model_config.sequence_len,
@@ -140,12 +153,17 @@ def sample_array(run, num_samples: int, seq_len: int = 0, num_steps: int = 0,
         seq_len=settings['seq_len'], bos_id=run.tokenizer.bos_id,
         temperature=settings['temperature'], top_p=settings['top_p'])
     return np.asarray(tokens), settings
-  settings.update(family='diffusion', num_steps=num_steps or sc.num_steps,
-                  sampler=sampler or sc.sampler, clamp=sc.clamp if clamp is None else clamp)
+  settings.update(
+      family='diffusion', num_steps=num_steps or sc.num_steps, sampler=sampler or sc.sampler,
+      score_temperature=score_temperature or sc.score_temperature,
+      clamp=sc.clamp if clamp is None else clamp,
+      self_condition=(self_condition or sc.self_condition) if c.diffusion.self_condition else 'off',
+      allocation=c.diffusion.allocation)
+  lam_steps = noise.steps(run.proposal, settings['num_steps'])
   tokens = sample_tokens(
-      run.params, key, model=run.model, num_samples=num_samples,
-      seq_len=settings['seq_len'], num_steps=settings['num_steps'],
-      diffusion_steps=c.diffusion.diffusion_steps, schedule=c.diffusion.noise_schedule,
-      temperature=settings['temperature'], sampler=settings['sampler'],
-      clamp=settings['clamp'], self_condition=c.diffusion.self_condition)
+      run.params, key, lam_steps, model=run.model, num_samples=num_samples,
+      seq_len=settings['seq_len'], sampler=settings['sampler'],
+      temperature=settings['temperature'], score_temperature=settings['score_temperature'],
+      clamp=settings['clamp'],
+      self_condition='' if settings['self_condition'] == 'off' else settings['self_condition'])
   return np.asarray(tokens), settings

@@ -1,4 +1,7 @@
-"""The training state as a plain pytree: {step, params, opt_state[, ema]}.
+"""The training state as a plain pytree: {step, params, opt_state[, ema][, noise]}.
+
+`noise` (diffusion runs) is the noise allocation's state (`dlm.noise`): the running
+cross-entropy curve over log-SNR and the proposal q built from it, checkpointed like the rest.
 
 Built once from the config by `create`; `jax.eval_shape` of the same function gives the
 abstract target that Orbax restores into (with the shardings of the current mesh).
@@ -7,6 +10,7 @@ abstract target that Orbax restores into (with the shardings of the current mesh
 import jax.numpy as jnp
 import optax
 
+from dlm import noise
 from dlm.model import ModelConfig, Transformer
 from dlm.optim import make_optimizer
 
@@ -21,13 +25,15 @@ def dummy_input(mcfg: ModelConfig, batch: int = 1):
 def create(mcfg: ModelConfig, c):
   """(model, optimizer, init_fn) where init_fn(key) -> state."""
   model = Transformer(mcfg)
-  tx = make_optimizer(c.train, mcfg.n_embd)
+  tx = make_optimizer(c.train, mcfg.n_embd, mcfg.learn_embeddings)
 
   def init_fn(key):
     params = model.init(key, *dummy_input(mcfg))
     state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
     if c.train.ema_decay:
       state['ema'] = params
+    if not mcfg.causal:
+      state['noise'] = noise.init_state(c.diffusion, mcfg.diffusion_dim, mcfg.vocab_size)
     return state
   return model, tx, init_fn
 
@@ -39,3 +45,8 @@ def sampling_params(state):
 
 def ema_update(ema, params, decay: float):
   return optax.incremental_update(params, ema, 1.0 - decay)
+
+
+def proposal(state):
+  """The run's noise proposal q ({cdf, edges}, `dlm.noise`), None for an AR run."""
+  return noise.proposal(state['noise']) if 'noise' in state else None

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dlm import checkpoint, data, evaluate, losses, sharding
+from dlm import checkpoint, data, evaluate, losses, noise, sharding
 from dlm import config as config_lib
 from dlm import state as state_lib
 from dlm.errors import DlmError
@@ -47,14 +47,16 @@ def make_train_step(model, tx, c, accumulation: int):
   def train_step(state, batch_ABL, key):
     params = state['params']
     keys = jax.random.split(jax.random.fold_in(key, state['step']), accumulation)
+    q = state_lib.proposal(state)
 
     def micro(grad_sum, xs):
       tokens_BL, k = xs
-      (_, metrics), grads = jax.value_and_grad(losses.loss_fn, has_aux=True)(
-          params, model, tokens_BL, k, c)
-      return jax.tree.map(jnp.add, grad_sum, grads), metrics
+      (_, (metrics, rows)), grads = jax.value_and_grad(losses.loss_fn, has_aux=True)(
+          params, model, tokens_BL, k, c, q)
+      return jax.tree.map(jnp.add, grad_sum, grads), (metrics, rows)
 
-    grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), (batch_ABL, keys))
+    grads, (metrics, rows) = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params),
+                                          (batch_ABL, keys))
     grads = jax.tree.map(lambda g: g / accumulation, grads)
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics['grad_norm'] = optax.tree.norm(grads)
@@ -63,6 +65,9 @@ def make_train_step(model, tx, c, accumulation: int):
                opt_state=opt_state)
     if ema_decay:
       new['ema'] = state_lib.ema_update(state['ema'], new['params'], ema_decay)
+    if 'noise' in state:  # the running CE curve, and at refresh steps a new proposal
+      new['noise'] = noise.update(state['noise'], rows['lam'].reshape(-1),
+                                  rows['ce'].reshape(-1), new['step'], c.diffusion)
     return new, metrics
   return train_step
 
@@ -169,12 +174,16 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   def get_batch():
     return sharding.to_device(next(train_iter), batch_sh)  # this process's rows
 
-  def evaluate_now(params, bound: bool) -> dict:
-    return evaluate.evaluate(params, model, eval_config, val_windows, tok.token_bytes(),
-                             batch_size=min(B, len(val_windows)), seed=c.seed, bound=bound)
+  def evaluate_now(state, bound: bool) -> dict:
+    return evaluate.evaluate(state_lib.sampling_params(state), model, eval_config, val_windows,
+                             tok.token_bytes(), batch_size=min(B, len(val_windows)), seed=c.seed,
+                             bound=bound, proposal=state_lib.proposal(state))
 
-  if start == 0:  # the sanity check of DESIGN.md section 5: an untrained model sits at log2(V)
-    init = evaluate_now(state_lib.sampling_params(state), bound=True)
+  def curve_record(state) -> dict:
+    return {'ce_vs_logsnr': noise.summary(state['noise'], c.diffusion)} if 'noise' in state else {}
+
+  if start == 0:  # the sanity check: an untrained model sits at log2(V)
+    init = evaluate_now(state, bound=True)
     if 'bits_per_token' in init:
       rel = '=' if mcfg.causal else '<='  # AR: exact NLL; diffusion: an upper bound
       log(f'init: val_loss {init["val_loss"]:.4f} | bits/token {rel} {init["bits_per_token"]:.3f} '
@@ -206,9 +215,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       report(*pending)
     pending = (step + 1, metrics)
     if c.train.eval_every and (step + 1) % c.train.eval_every == 0 and step + 1 < T:
-      val = evaluate_now(state['params'], bound=False)['val_loss']
+      val = evaluate_now(state, bound=False)['val_loss']
       log(f'step {step + 1}: val_loss {val:.4f}')
-      metrics_log.write({'step': step + 1, 'val_loss': val})
+      metrics_log.write({'step': step + 1, 'val_loss': val, **curve_record(state)})
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
       ckpts.save(step + 1, state, train_iter)
     if stop_after is not None and step + 1 >= stop_after:
@@ -222,8 +231,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   ckpts.close()
 
   # ---- final evaluation and a look at the samples --------------------------------------
-  result = evaluate_now(state_lib.sampling_params(state), bound=True)
-  metrics_log.write({'step': T, **{k: v for k, v in result.items() if isinstance(v, float)}})
+  result = evaluate_now(state, bound=True)
+  metrics_log.write({'step': T, **{k: v for k, v in result.items() if isinstance(v, float)},
+                     **curve_record(state)})
   return result
 
 

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 
 from conftest import tiny_config
-from dlm import evaluate
+from dlm import evaluate, noise
 from dlm.model import ModelConfig, Transformer
 
 
@@ -17,7 +17,8 @@ def test_bound_at_initialisation_is_log2_vocab_bits_per_token():
   windows = np.random.default_rng(0).integers(0, V, (32, L)).astype(np.int32)
   token_bytes = np.full(V, 2, np.int32)
   c = ml_collections.FrozenConfigDict(tiny_config(**{'eval.bound_samples': 32}))
-  result = evaluate.evaluate(params, model, c, windows, token_bytes, batch_size=16)
+  q = noise.proposal(noise.init_state(c.diffusion, 16, V))
+  result = evaluate.evaluate(params, model, c, windows, token_bytes, batch_size=16, proposal=q)
   assert abs(result['bits_per_token'] - np.log2(V)) < 0.03 * np.log2(V), result
   assert abs(result['bits_per_byte'] - result['bits_per_token'] / 2) < 1e-4
   assert 0 < result['bits_per_token_stderr'] < 0.3
@@ -75,8 +76,9 @@ def test_bound_with_the_exact_denoiser_is_tight_above_the_true_nll():
   x = jnp.asarray(seqs[rng.choice(len(seqs), 2048, p=q)], jnp.int32)
   H = float(-np.sum(q * np.log2(q)))
   out = {}
+  proposal = noise.proposal(noise.init_state(tiny_config().diffusion, d, V))
   for steps in (0, 20):
-    t = evaluate.bound_terms(denoise, E, x, jax.random.key(steps), 16, steps, 1000, 'cosine')
+    t = evaluate.bound_terms(denoise, E, x, jax.random.key(steps), 16, proposal, steps)
     bits = np.asarray(t['recon'] + t['diffusion'].mean(-1) + t['prior']) / np.log(2)
     out[steps] = (bits.mean(), bits.std() / np.sqrt(len(bits)))
   cont, se = out[0]
@@ -95,18 +97,19 @@ def test_trained_bound_stays_above_and_approaches_the_entropy_rate():
                                   diffusion_dim=8))
   params = model.init(jax.random.key(0), np.zeros((1, L, 8), np.float32), np.zeros((1,)))
   dc = tiny_config(**{'diffusion.self_condition': False}).diffusion
+  q = noise.proposal(noise.init_state(dc, 8, V))
   tx = optax.adam(3e-3)
 
   @jax.jit
   def step(params, opt, tokens, key):
-    grads = jax.grad(lambda p: losses.diffusion_loss(p, model, tokens, key, dc)[0])(params)
+    grads = jax.grad(lambda p: losses.diffusion_loss(p, model, tokens, key, dc, q)[0])(params)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt
 
   held_out = _draw_chain(P, pi, 256, L, seed=1)
 
   def bound(params):
-    t = jax.device_get(evaluate.diffusion_bound_nats(params, held_out, jax.random.key(9),
+    t = jax.device_get(evaluate.diffusion_bound_nats(params, held_out, jax.random.key(9), q,
                                                      model=model, num_samples=8))
     bits = (t['recon'] + t['diffusion'].mean(-1) + t['prior']) / np.log(2) / L
     return bits.mean(), bits.std() / np.sqrt(len(bits))

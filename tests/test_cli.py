@@ -65,7 +65,8 @@ def test_eval_on_another_text_file(trained, tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--mode=sample', '--num_steps=5000'], 'exceeds the run\'s diffusion_steps'),
+    (['--mode=sample', '--sampler=euler'], '--sampler=\'euler\''),
+    (['--mode=sample', '--self_condition=twice'], '--self_condition'),
     (['--mode=sample', '--seq_len=999'], 'exceeds the model\'s sequence_len'),
     (['--mode=sample', '--checkpoint=4'], 'no checkpoint 4'),
     (['--mode=eval', '--batch_size=1000'], 'fewer than --batch_size'),
@@ -83,9 +84,9 @@ def test_unknown_config_key_and_impossible_values(tmp_path):
   proc = _main('--config=configs/quickstart.py', '--config.model.nonsense=3',
                f'--workdir={tmp_path}/a')
   _assert_one_line_error(proc, 'nonsense')
-  proc = _main('--config=configs/quickstart.py', '--config.sample.num_steps=5000',
+  proc = _main('--config=configs/quickstart.py', '--config.diffusion.allocation=uniform',
                f'--workdir={tmp_path}/b')
-  _assert_one_line_error(proc, 'exceeds diffusion.diffusion_steps')
+  _assert_one_line_error(proc, 'diffusion.allocation')
   proc = _main('--config=configs/quickstart.py', '--config.data.path=/nope/corpus.txt',
                f'--workdir={tmp_path}/c')
   _assert_one_line_error(proc, 'does not exist')

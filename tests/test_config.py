@@ -8,7 +8,11 @@ from dlm.errors import DlmError
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'sample.num_steps': 2000}, 'exceeds diffusion.diffusion_steps'),
+    ({'diffusion.allocation': 'uniform'}, 'diffusion.allocation'),
+    ({'diffusion.path': 'ode'}, 'diffusion.path'),
+    ({'diffusion.proposal_floor': 0.0}, 'proposal_floor'),
+    ({'sample.sampler': 'ddpm'}, 'sample.sampler'),
+    ({'sample.self_condition': 'both'}, 'sample.self_condition'),
     ({'sample.seq_len': 64}, 'exceeds model.sequence_len'),
     ({'diffusion.noise_schedule': 'quadratic'}, 'noise_schedule'),
     ({'diffusion.parameterization': 'score'}, 'parameterization'),

@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from dlm import diffusion
 
 
 @pytest.mark.parametrize('schedule', diffusion.SCHEDULES)
 def test_schedule_is_finite_and_decreasing_from_clean_to_noise(schedule):
-  lam = np.asarray(diffusion.logsnr(jnp.linspace(0, 1, 1001), schedule, 1000))
+  lam = np.asarray(diffusion.logsnr(jnp.linspace(0, 1, 1001), schedule))
   assert np.isfinite(lam).all()
   assert (np.diff(lam) <= 1e-6).all()
   assert lam[0] > 4 and lam[-1] <= -10
@@ -28,8 +29,19 @@ def test_linear_matches_the_discrete_ddpm_product_of_betas():
   T = 1000
   betas = np.linspace(1e-4, 0.02, T)
   abar_discrete = np.cumprod(1 - betas)
-  a, _ = diffusion.alpha_sigma(diffusion.logsnr(jnp.array([0.25, 0.5]), 'linear', T))
+  a, _ = diffusion.alpha_sigma(diffusion.logsnr(jnp.array([0.25, 0.5]), 'linear'))
   np.testing.assert_allclose(np.asarray(a) ** 2, abar_discrete[[249, 499]], rtol=0.02)
+
+
+@pytest.mark.parametrize('T', [10, 100, 1000, 4000])
+def test_linear_schedule_reaches_pure_noise_for_every_grid(T):
+  """The end points hold whatever diffusion_steps is (they used to move with T: -0.55 at 100)."""
+  dc = tiny_config(**{'diffusion.noise_schedule': 'linear', 'diffusion.diffusion_steps': T}
+                   ).diffusion
+  t = np.asarray(diffusion.grid_times(jax.random.key(0), 4096, T))
+  lam = np.asarray(diffusion.logsnr(t, dc.noise_schedule))
+  assert lam.min() < -9.9 and lam.max() > 9.0
+  assert float(diffusion.logsnr(1.0, 'linear')) < -9.9
 
 
 def test_variance_preserving():
@@ -42,6 +54,15 @@ def test_grid_times_lie_on_the_grid_and_spread_over_it():
   np.testing.assert_allclose(t * 100, np.round(t * 100), atol=1e-4)
   assert t.min() >= 0 and t.max() <= 1
   assert np.histogram(t, bins=4, range=(0, 1))[0].min() >= 14  # stratified: ~16 per quarter
+
+
+def test_stratified_draws_are_in_random_row_order():
+  """The self-conditioned first half of a batch must not be its noisiest half."""
+  u = np.asarray(diffusion.stratified(jax.random.key(3), 64))
+  assert np.histogram(u, bins=4, range=(0, 1))[0].min() == 16
+  first_half_means = [np.asarray(diffusion.stratified(jax.random.key(k), 64))[:32].mean()
+                      for k in range(20)]
+  assert 0.4 < np.mean(first_half_means) < 0.6 and np.std(first_half_means) > 0.01
 
 
 def test_posterior_keeps_the_forward_marginal_for_any_stride():

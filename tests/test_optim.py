@@ -46,3 +46,43 @@ def test_lr_schedule_warms_up_holds_and_warms_down():
   values = np.array([float(f(s)) for s in range(100)])
   assert values[0] < 0.2 and values[9] == 1.0 and values[50] == 1.0
   assert values[99] < 0.1 and (np.diff(values[80:]) < 0).all()
+
+
+def _steps(learn: bool, weight_decay: float, n: int = 3):
+  """The embedding table before and after n train steps, and whether anything else moved."""
+  from dlm import train
+  c = tiny_config(**{'diffusion.learn_embeddings': learn, 'train.weight_decay': weight_decay})
+  mcfg = config_lib.model_config(c, 128)
+  model, tx, init_fn = state_lib.create(mcfg, c)
+  state = init_fn(jax.random.key(0))
+  before = np.asarray(state['params']['params']['embed'])
+  head_before = np.asarray(state['params']['params']['in_proj']['kernel'])
+  step = jax.jit(train.make_train_step(model, tx, c, 1))
+  tokens = np.random.default_rng(0).integers(0, 128, (n, 1, 4, 16)).astype(np.int32)
+  for i in range(n):
+    state, _ = step(state, tokens[i], jax.random.key(1))
+  return (before, np.asarray(state['params']['params']['embed']),
+          not np.array_equal(head_before, np.asarray(state['params']['params']['in_proj']['kernel'])))
+
+
+def test_frozen_embeddings_get_exactly_zero_updates():
+  """learn_embeddings=False: no gradient through the targets, the prior logits or x0_hat, and
+  no weight decay either; the rest of the model still trains."""
+  before, after, others_moved = _steps(learn=False, weight_decay=0.1)
+  np.testing.assert_array_equal(before, after)
+  assert others_moved
+  before, after, _ = _steps(learn=True, weight_decay=0.0)
+  assert np.abs(after - before).max() > 1e-4  # the control: learned embeddings do move
+
+
+def test_frozen_embeddings_receive_no_gradient_through_the_prior_logits():
+  from dlm import losses, noise
+  c = tiny_config(**{'diffusion.learn_embeddings': False})
+  mcfg = config_lib.model_config(c, 128)
+  model, _, init_fn = state_lib.create(mcfg, c)
+  state = init_fn(jax.random.key(0))
+  tokens = np.random.default_rng(0).integers(0, 128, (4, 16)).astype(np.int32)
+  grads = jax.grad(lambda p: losses.loss_fn(p, model, tokens, jax.random.key(1), c,
+                                            noise.proposal(state['noise']))[0])(state['params'])
+  assert not np.any(np.asarray(grads['params']['embed']))
+  assert np.any(np.asarray(grads['params']['head']['kernel']))  # zero-init head: it moves first

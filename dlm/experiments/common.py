@@ -118,7 +118,8 @@ def evaluate_checkpoints(workdir: str, windows: np.ndarray, batch_size: int,
   for step in checkpoint.Checkpoints(workdir, read_only=True).steps():
     run = checkpoint.load_run(workdir, step)
     r = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(run.config),
-                          windows, run.tokenizer.token_bytes(), batch_size)
+                          windows, run.tokenizer.token_bytes(), batch_size,
+                          proposal=run.proposal)
     out.append({'step': step, 'tokens': step * tokens_per_step, **r})
   return sorted(out, key=lambda r: r['step'])
 

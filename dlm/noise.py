@@ -1,0 +1,231 @@
+"""Noise allocation: which log-SNRs training visits, where the sampler steps, and the proposal
+of the likelihood bound — one distribution q(lambda) per run, kept in the train state.
+
+A denoiser learns nothing where the token is already decided (high lambda: its own noisy vector
+identifies it) or where nothing is known (low lambda); everything about context is learned in
+between. Spending training draws and sampling steps in proportion to how fast the
+cross-entropy of the denoiser changes with lambda, q(lambda) ~ |dCE/dlambda|, puts them where
+words are chosen (CDCD, Dieleman et al. 2022; Plaid, Gulrajani & Hashimoto 2023; LangFlow,
+Chen et al. 2026). Allocations (`diffusion.allocation`):
+
+- `schedule`: the seed's, training times uniform on the `diffusion_steps` grid of
+  `diffusion.noise_schedule`; q is the density that schedule induces on lambda.
+- `gumbel` (LangFlow): with gamma = -lambda the CE curve is close to a scaled Gumbel CDF,
+  CE ~ H exp(-exp(-(gamma - mu) / beta)), so q is Gumbel(mu, beta) over gamma. (mu, beta, H)
+  start from LangFlow's d = 768 values with mu shifted by ln(d / 768) and are refitted to the
+  running CE curve by least squares (Levenberg-Marquardt) every `proposal_refresh` steps.
+- `adaptive` (CDCD / InfoNoise, non-parametric): the running CE curve is made monotone and its
+  per-bin drop, lightly smoothed, is the density.
+
+Every q is a piecewise-constant density on `proposal_bins` equal bins over the run's log-SNR
+range, mixed with a uniform floor (`proposal_floor`): sampling is an inverse CDF (exact for this
+form), densities are cheap, and the floor keeps q > 0 on the whole range so the
+importance-weighted bound stays unbiased and its weights bounded. The range is set per token:
+a token's own noisy vector has total SNR d e^lambda (d = diffusion_dim, rows of radius sqrt d),
+so with lambda_tok = lambda + ln d the range [token_logsnr_min, token_logsnr_max] = [-8, 6]
+runs from "nothing known" (prior KL ~ e^-8 / 2 nats per token) to "every token decided by its
+own vector" (the reconstruction term ~ 0), whatever the diffusion dim. The running curve is an
+EMA per bin of the training rows' cross-entropy (debiased by an EMA of the row counts), updated
+inside the jitted step; it is checkpointed with the rest of the state, so a resumed run draws
+exactly the noise levels of an uninterrupted one.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm import diffusion
+
+ALLOCATIONS = ('schedule', 'gumbel', 'adaptive')
+# LangFlow's released fit for a 768-d embedding space (mu, beta, H_inf in nats).
+LANGFLOW_MU, LANGFLOW_BETA = 4.72, 0.85
+
+
+def logsnr_range(dc, diffusion_dim: int) -> tuple[float, float]:
+  shift = math.log(diffusion_dim)
+  return dc.token_logsnr_min - shift, dc.token_logsnr_max - shift
+
+
+def make_edges(dc, diffusion_dim: int) -> jnp.ndarray:
+  return jnp.linspace(*logsnr_range(dc, diffusion_dim), dc.proposal_bins + 1)
+
+
+def centers(edges) -> jnp.ndarray:
+  return 0.5 * (edges[1:] + edges[:-1])
+
+
+def _bin(edges, lam):
+  K = edges.shape[0] - 1
+  return jnp.clip(jnp.floor((lam - edges[0]) / (edges[-1] - edges[0]) * K), 0, K - 1
+                  ).astype(jnp.int32)
+
+
+def gumbel_guess(dc, diffusion_dim: int, vocab_size: int) -> jnp.ndarray:
+  """(mu, beta, H) before any fit: LangFlow's values, mu moved by ln(d / 768), H = ln V."""
+  mu = dc.gumbel_mu if dc.gumbel_mu else LANGFLOW_MU + math.log(diffusion_dim / 768)
+  return jnp.array([mu, dc.gumbel_beta, math.log(vocab_size)], jnp.float32)
+
+
+def _with_floor(mass, floor: float):
+  mass = mass / jnp.sum(mass)
+  return (1.0 - floor) * mass + floor / mass.shape[0]
+
+
+def _cdf(mass):
+  return jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(mass)])
+
+
+def schedule_mass(dc, edges) -> np.ndarray:
+  """Bin masses of lambda(t) for t uniform in [0, 1] (the schedule's own density); mass
+  beyond the range goes to the end bins."""
+  lam = np.sort(np.asarray(diffusion.logsnr(np.linspace(0, 1, 200001), dc.noise_schedule)))
+  cdf = np.searchsorted(lam, np.asarray(edges), side='right') / len(lam)
+  cdf[0], cdf[-1] = 0.0, 1.0
+  return np.diff(cdf)
+
+
+def gumbel_mass(edges, params) -> jnp.ndarray:
+  """Bin masses of Gumbel(mu, beta) over gamma = -lambda: P(lambda <= l) = 1 - G(-l)."""
+  mu, beta = params[0], params[1]
+  tail = -jnp.expm1(-jnp.exp((edges + mu) / beta))  # 1 - exp(-exp((l + mu) / beta))
+  return jnp.maximum(jnp.diff(tail), 0.0) + 1e-12
+
+
+def gumbel_curve(gamma, params):
+  mu, beta, h = params[0], params[1], params[2]
+  return h * jnp.exp(-jnp.exp(-(gamma - mu) / beta))
+
+
+def fit_gumbel(params, gamma, ce, weight, iterations: int = 30):
+  """(mu, beta, H) minimising sum w (ce - curve(gamma))^2, by damped Gauss-Newton from params.
+  beta and H are fitted in log space so they stay positive."""
+  def residual(theta):
+    p = jnp.stack([theta[0], jnp.exp(theta[1]), jnp.exp(theta[2])])
+    return jnp.sqrt(weight) * (gumbel_curve(gamma, p) - ce)
+
+  def step(_, carry):
+    theta, damping = carry
+    r = residual(theta)
+    J = jax.jacfwd(residual)(theta)
+    JtJ = J.T @ J
+    delta = jnp.linalg.solve(JtJ + damping * (jnp.diag(jnp.diag(JtJ)) + 1e-9 * jnp.eye(3)),
+                             -J.T @ r)
+    better = jnp.sum(residual(theta + delta) ** 2) < jnp.sum(r ** 2)
+    return (jnp.where(better, theta + delta, theta),
+            jnp.where(better, damping * 0.3, damping * 10.0))
+
+  theta0 = jnp.stack([params[0], jnp.log(params[1]), jnp.log(params[2])])
+  theta, _ = jax.lax.fori_loop(0, iterations, step, (theta0, jnp.float32(1e-2)))
+  fitted = jnp.stack([theta[0], jnp.exp(theta[1]), jnp.exp(theta[2])])
+  # A fit that failed (too little data, a flat curve) keeps the previous proposal.
+  ok = jnp.all(jnp.isfinite(fitted)) & (fitted[1] > 0.05) & (fitted[1] < 20.0)
+  return jnp.where(ok, fitted, params)
+
+
+def ce_curve(state):
+  """The running CE per bin (nats per token), NaN where no row has landed yet."""
+  return jnp.where(state['weight'] > 0, state['ce'] / jnp.maximum(state['weight'], 1e-20),
+                   jnp.nan)
+
+
+def monotone(curve_K):
+  """A non-increasing version of a noisy CE-vs-lambda curve with gaps (NaN): gaps filled from
+  their neighbours, then the mean of the running max from the clean end and the running min
+  from the noisy end (each monotone, so their mean is, and their biases cancel)."""
+  K = curve_K.shape[0]
+  idx = jnp.arange(K)
+  seen = jnp.isfinite(curve_K)
+  value = jnp.where(seen, curve_K, 0.0)
+  prev = jax.lax.cummax(jnp.where(seen, idx, -1))
+  nxt = jax.lax.cummin(jnp.where(seen, idx, K), reverse=True)
+  v_prev, v_next = value[jnp.clip(prev, 0, K - 1)], value[jnp.clip(nxt, 0, K - 1)]
+  w = (idx - prev) / jnp.maximum(nxt - prev, 1)
+  filled = jnp.where(seen, value, jnp.where(prev < 0, v_next, jnp.where(
+      nxt >= K, v_prev, v_prev + w * (v_next - v_prev))))
+  from_clean = jax.lax.cummax(filled, reverse=True)
+  from_noise = jax.lax.cummin(filled)
+  return 0.5 * (from_clean + from_noise)
+
+
+def adaptive_mass(curve_K):
+  """Density ~ the drop of the monotone CE curve per bin, smoothed by a [1, 2, 1] kernel."""
+  m = monotone(curve_K)
+  drop = jnp.maximum(-jnp.diff(m, append=m[-1:]), 0.0)
+  drop = jnp.convolve(jnp.pad(drop, 1, mode='edge'), jnp.array([0.25, 0.5, 0.25]), 'valid')
+  return drop + 1e-12
+
+
+def init_state(dc, diffusion_dim: int, vocab_size: int) -> dict:
+  """{ce, weight: the running curve (K,); gumbel: (mu, beta, H); cdf, edges: q (K + 1,)}."""
+  K = dc.proposal_bins
+  edges = make_edges(dc, diffusion_dim)
+  params = gumbel_guess(dc, diffusion_dim, vocab_size)
+  if dc.allocation == 'schedule':
+    mass = jnp.asarray(schedule_mass(dc, edges), jnp.float32)
+  else:  # the adaptive proposal also starts from the Gumbel guess until it has data
+    mass = gumbel_mass(edges, params)
+  return {'ce': jnp.zeros((K,)), 'weight': jnp.zeros((K,)), 'gumbel': params,
+          'cdf': _cdf(_with_floor(mass, dc.proposal_floor)), 'edges': edges}
+
+
+def proposal(state: dict) -> dict:
+  """q alone ({cdf, edges}): what sampling and evaluation need."""
+  return {'cdf': state['cdf'], 'edges': state['edges']}
+
+
+def update(state: dict, lam_N, ce_N, step, dc) -> dict:
+  """Add this step's rows (lambda, mean CE per token) to the running curve; at refresh steps
+  rebuild the proposal from it. `step` is the step just completed (1-based)."""
+  K = dc.proposal_bins
+  edges = state['edges']
+  b = _bin(edges, lam_N)
+  decay = dc.proposal_ema
+  new = dict(state,
+             ce=decay * state['ce'] + jnp.zeros((K,)).at[b].add(ce_N),
+             weight=decay * state['weight'] + jnp.zeros((K,)).at[b].add(1.0))
+  if dc.allocation == 'schedule':
+    return new
+  curve = ce_curve(new)
+  if dc.allocation == 'gumbel':
+    seen = jnp.isfinite(curve)
+    params = fit_gumbel(new['gumbel'], -centers(edges), jnp.where(seen, curve, 0.0),
+                        jnp.where(seen, new['weight'], 0.0))
+    mass = gumbel_mass(edges, params)
+  else:
+    params, mass = new['gumbel'], adaptive_mass(curve)
+  refresh = (step % dc.proposal_refresh == 0) & (jnp.sum(new['weight'] > 0) >= 4)
+  new['gumbel'] = jnp.where(refresh, params, new['gumbel'])
+  new['cdf'] = jnp.where(refresh, _cdf(_with_floor(mass, dc.proposal_floor)), new['cdf'])
+  return new
+
+
+def sample(q: dict, u):
+  """lambda = F^-1(u), u in [0, 1]: piecewise-linear inverse of the piecewise-constant density."""
+  return jnp.interp(u, q['cdf'], q['edges'])
+
+
+def density(q: dict, lam):
+  """q(lambda) on the range."""
+  edges = q['edges']
+  width = (edges[-1] - edges[0]) / (edges.shape[0] - 1)
+  return jnp.diff(q['cdf'])[_bin(edges, lam)] / width
+
+
+def steps(q: dict, num_steps: int):
+  """num_steps + 1 log-SNRs at equal quantiles of q, from the noisy end to the clean end."""
+  return sample(q, jnp.linspace(0.0, 1.0, num_steps + 1))
+
+
+def summary(state: dict, dc) -> dict:
+  """The running CE curve and the proposal, as plain lists for metrics.jsonl and reports."""
+  cdf, edges = np.asarray(state['cdf']), np.asarray(state['edges'])
+  width = (edges[-1] - edges[0]) / dc.proposal_bins
+  curve = np.asarray(ce_curve(state))
+  out = {'logsnr': [round(float(x), 4) for x in centers(edges)],
+         'ce': [None if not np.isfinite(x) else round(float(x), 5) for x in curve],
+         'q': [round(float(x), 6) for x in np.diff(cdf) / width]}
+  if dc.allocation == 'gumbel':
+    out['gumbel'] = dict(zip(('mu', 'beta', 'h'), (float(x) for x in np.asarray(state['gumbel']))))
+  return out
