@@ -18,7 +18,9 @@ Both expectations are estimated by randomised quasi-Monte Carlo: per sequence, t
 shifted lattices of bound_samples / 2 points each in [0, 1) (low-discrepancy times, Owen 1997),
 mapped to log-SNRs by the run's noise proposal q (`dlm.noise`). In continuous time each draw is
 importance-weighted by 1 / q(lambda); q follows the CE curve, which follows the integrand, so
-the estimate's Monte-Carlo error is a small fraction of what uniform draws over the range give.
+the draws land where the integrand is large and the Monte-Carlo error falls well below that of
+uniform draws over the range (what is left comes mostly from the Gaussian noise at a given
+lambda).
 With self-conditioning both bounds are those of the two-pass denoiser (self-conditioned on its
 own first pass at the same z), which the sampler runs with sample.self_condition=fresh.
 Each replica alone is unbiased, so half their difference measures the Monte-Carlo error of the

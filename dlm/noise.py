@@ -74,7 +74,8 @@ def _with_floor(mass, floor: float):
 
 
 def _cdf(mass):
-  return jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(mass)])
+  cdf = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(mass)])
+  return cdf.at[-1].set(1.0)  # float32 rounding would leave the clean end 1e-7 short
 
 
 def schedule_mass(dc, edges) -> np.ndarray:
@@ -150,9 +151,10 @@ def monotone(curve_K):
 
 
 def adaptive_mass(curve_K):
-  """Density ~ the drop of the monotone CE curve per bin, smoothed by a [1, 2, 1] kernel."""
+  """Density ~ the drop of the monotone CE curve per bin (central differences, so the mass sits
+  on the bin where the curve falls), smoothed by a [1, 2, 1] kernel."""
   m = monotone(curve_K)
-  drop = jnp.maximum(-jnp.diff(m, append=m[-1:]), 0.0)
+  drop = jnp.maximum(-jnp.gradient(m), 0.0)
   drop = jnp.convolve(jnp.pad(drop, 1, mode='edge'), jnp.array([0.25, 0.5, 0.25]), 'valid')
   return drop + 1e-12
 

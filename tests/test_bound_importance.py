@@ -88,13 +88,18 @@ def test_fitted_and_uniform_proposals_give_the_same_bound_above_the_true_nll():
     assert H - 3 * se <= m <= H + 0.05 + 3 * se, (H, m, se)  # exact denoiser: tight
 
 
-def test_fitted_proposal_has_far_smaller_monte_carlo_error_than_uniform_draws():
+def test_fitted_proposal_more_than_halves_the_monte_carlo_variance_of_uniform_draws():
+  """The replicas' Monte-Carlo variance per sequence, pooled over 16 keys (it is heavy-tailed:
+  rare confusions between tokens at high lambda, where q is thin, carry large weights). On this
+  toy the fitted q gives about 0.55x the std of uniform draws: the error left is that of the
+  noise eps at a given lambda, which no choice of q over lambda removes."""
   E, seqs, q, rng, denoise, x, _ = _setup()
   good = _fitted_proposal(denoise, E, seqs, q, rng)
-  mc = {name: np.mean([_estimate(denoise, E, x, p, jax.random.key(k))[2] ** 2 for k in range(3)])
-        for name, p in (('fitted', good), ('uniform', _uniform_proposal()))}
-  ratio = np.sqrt(mc['fitted'] / mc['uniform'])
-  assert ratio < 0.65, (ratio, mc)
+  mc_var = {name: np.mean([_estimate(denoise, E, x, p, jax.random.key(k))[2] ** 2
+                           for k in range(16)])
+            for name, p in (('fitted', good), ('uniform', _uniform_proposal()))}
+  ratio = np.sqrt(mc_var['fitted'] / mc_var['uniform'])
+  assert ratio < 0.7, (ratio, mc_var)
 
 
 def test_bound_terms_are_the_same_on_the_flow_path():

@@ -1,12 +1,17 @@
-"""compare and ablate on a tiny preset: scorer, runs, evaluation, reports with every section."""
+"""compare and ablate on a tiny preset: scorer, runs, evaluation, reports with every section;
+and the rules that decide when a report may print a diffusion bound as a result."""
 
 import json
 import math
+import os
 
 import pytest
 
 from conftest import tiny_config
-from dlm.experiments import ablate, compare
+from dlm import samplers
+from dlm.experiments import ablate, common, compare, significance
+
+FLAG = '⚠ not significant'
 
 
 @pytest.fixture(scope='module')
@@ -20,31 +25,121 @@ def test_compare_writes_a_report_with_every_section_filled(compared):
   tmp_path = compared
   report = (tmp_path / 'report.md').read_text()
   for section in ('## Model sizes and speed', '## Likelihood on the same held-out tokens',
-                  '## Sample quality', '### Diffusion: quality vs sampling steps',
-                  '## One sample each'):
+                  '## Cross-entropy vs log-SNR', '## Sample quality',
+                  '### Diffusion: quality vs sampling steps', '## One sample each'):
     assert section in report
   assert 'nan' not in report.lower()
   for png in ('loss_curves', 'bound_vs_tokens', 'genppl_vs_entropy', 'quality_vs_steps',
-              'wall_time'):
+              'ce_vs_logsnr', 'wall_time'):
     assert (tmp_path / f'{png}.png').stat().st_size > 1000
     assert f'({png}.png)' in report
   r = json.loads((tmp_path / 'results.json').read_text())
   d, a = r['families']['diffusion'], r['families']['autoregressive']
-  assert d['final']['likelihood'].startswith('upper') and a['final']['likelihood'].startswith('exact')
+  assert d['final']['likelihood'].startswith('upper')
+  assert a['final']['likelihood'].startswith('exact')
+  assert d['final']['likelihood'] in report  # what the bound describes is printed beside it
   assert d['final']['eval_bytes'] == a['final']['eval_bytes']  # the same held-out tokens
   assert d['final']['discrete_bits_per_byte'] > 0 and len(d['checkpoints']) == 2
   for fam in (d, a):
     assert all(math.isfinite(q['gen_ppl']) for q in fam['temperature_sweep'])
     assert fam['speed']['samples_per_sec_batch_1'] > 0 and fam['tokens_per_sec'] > 0
   assert r['scorer']['non_embedding_params'] > d['non_embedding_params']
+  # The samples' settings are recorded and reported.
+  t1 = d['temperature_sweep'][-1]
+  assert (t1['sampler'], t1['self_condition'], t1['allocation']) == ('ancestral', 'previous',
+                                                                     'adaptive')
+  assert '`ancestral`' in report and '`previous`' in report and '`adaptive`' in report
 
 
-def test_ablate_trains_each_variant_and_reports_them_side_by_side(compared, tmp_path):
-  r = ablate.ablate(tiny_config(), 'embed_norm', str(tmp_path), preset='tiny',
+def test_compare_sweeps_every_sampler_over_the_step_counts(compared):
+  r = json.loads((compared / 'results.json').read_text())
+  steps = r['families']['diffusion']['steps_sweep']
+  swept = {(q['sampler'], q['num_steps']) for q in steps}
+  assert swept == {(s, n) for s in samplers.SAMPLERS for n in common.PRESETS['tiny']['num_steps']}
+  assert all(q['temperature'] == 1.0 and math.isfinite(q['gen_ppl']) for q in steps)
+  assert r['families']['autoregressive']['steps_sweep'] == []
+  report = (compared / 'report.md').read_text()
+  assert all(f'| {s} |' in report for s in samplers.SAMPLERS)  # a table row per sampler
+  assert 'not swept' in report  # the tiny preset has no 32- and 256-step points to divide
+
+
+def test_compare_flags_the_tiny_presets_noisy_bound(compared):
+  """Six training steps and two draws per sequence: the bound is noise beside the AR NLL, and
+  the report must say so instead of presenting the ratio as a result."""
+  r = json.loads((compared / 'results.json').read_text())
+  d, a = r['families']['diffusion']['final'], r['families']['autoregressive']['final']
+  assert d['bits_per_token_mc_stderr'] > 0
+  flag = significance.vs_exact(d, a)
+  assert flag.startswith(FLAG)
+  report = (compared / 'report.md').read_text()
+  headline = next(line for line in report.splitlines() if line.startswith('**Headline.**'))
+  assert FLAG in headline and 'met' not in headline.split(FLAG)[0]
+  assert flag in report
+
+
+def _final(bpt, se=0.01, mc=0.01):
+  return {'bits_per_token': bpt, 'bits_per_token_stderr': se, 'bits_per_token_mc_stderr': mc}
+
+
+def test_a_bound_is_flagged_when_its_mc_error_swamps_the_gap():
+  exact = {'bits_per_token': 3.0, 'bits_per_token_stderr': 0.01}
+  assert significance.vs_exact(_final(3.5, mc=0.01), exact) == ''        # a clear gap
+  assert significance.vs_exact(_final(3.5, mc=0.2), exact).startswith(FLAG)  # MC > gap / 4
+  assert 'raise eval.bound_samples' in significance.vs_exact(_final(3.5, mc=0.2), exact)
+  # Below the exact NLL, by less than 3 combined standard errors: not a result.
+  assert significance.vs_exact(_final(2.96, se=0.02, mc=0.005), exact).startswith(FLAG)
+  assert significance.vs_exact(_final(2.5, se=0.02, mc=0.005), exact) == ''
+  # Among ablation variants: against the nearest other bound; alone, nothing to compare.
+  assert significance.vs_others(_final(3.5, mc=0.1), [3.6, 5.0]).startswith(FLAG)
+  assert significance.vs_others(_final(3.5, mc=0.1), [4.0]) == ''
+  assert significance.vs_others(_final(3.5, mc=0.1), []) == ''
+
+
+def test_steps_ratio_divides_32_by_256_steps_per_sampler():
+  sweep = [{'sampler': s, 'num_steps': n, 'gen_ppl': p} for s, n, p in
+           (('ddim', 32, 12.0), ('ddim', 256, 10.0), ('ancestral', 32, 30.0))]
+  assert significance.steps_ratios(sweep) == {'ddim': pytest.approx(1.2), 'ancestral': None}
+
+
+def test_sampling_only_variants_share_a_trained_run():
+  names = {s: [ablate.run_name(common.split_overrides(o)[0]) for _, o in v]
+           for s, v in ablate.SWEEPS.items()}
+  assert names['sampler'] == names['steps'][:3] == ['base'] * 3
+  assert names['self_condition'] == ['self_condition_False', 'base', 'base']
+  assert len(set(names['allocation'])) == 3 and len(set(names['dim'])) == 4
+  assert common.split_overrides({'sample.sampler': 'ddim', 'model.depth': 4}) == (
+      {'model.depth': 4}, {'sampler': 'ddim'})
+
+
+def test_ablate_a_sampling_only_sweep_trains_once_and_reports_each_variant(compared, tmp_path):
+  r = ablate.ablate(tiny_config(), 'sampler', str(tmp_path), preset='tiny',
                     scorer_workdir=str(compared / 'scorer'), log=lambda *a, **k: None)
   names = [v['name'] for v in r['variants']]
-  assert names == ['normalize=True', 'normalize=False']
+  assert names == list(samplers.SAMPLERS)
+  trained = [d for d in os.listdir(tmp_path) if (tmp_path / d / 'checkpoints').is_dir()]
+  assert trained == ['base'] and list(r['runs']) == ['base']
+  assert len({json.dumps(v['final'], sort_keys=True) for v in r['variants']}) == 1  # one bound
+  assert [v['quality']['sampler'] for v in r['variants']] == names
   report = (tmp_path / 'report.md').read_text()
-  assert all(name in report for name in names) and 'nan' not in report.lower()
+  assert all(f'| {name} |' in report for name in names) and 'nan' not in report.lower()
+  assert '(MC ±' in report and '## Cross-entropy vs log-SNR' in report
+  for png in ('bits_per_byte', 'loss_curves', 'ce_vs_logsnr'):
+    assert (tmp_path / f'{png}.png').stat().st_size > 1000
   for v in r['variants']:
     assert v['final']['bits_per_byte'] > 0 and math.isfinite(v['quality']['gen_ppl'])
+    assert v['samples_per_sec'] > 0
+
+
+def test_ablate_groups_training_and_sampling_variants(compared, tmp_path):
+  """self_condition: 'off' changes training, 'previous' / 'fresh' only sampling: two runs."""
+  r = ablate.ablate(tiny_config(), 'self_condition', str(tmp_path), preset='tiny',
+                    scorer_workdir=str(compared / 'scorer'), log=lambda *a, **k: None)
+  off, previous, fresh = r['variants']
+  assert sorted(r['runs']) == ['base', 'self_condition_False']
+  assert sorted(d for d in os.listdir(tmp_path) if (tmp_path / d / 'checkpoints').is_dir()) == [
+      'base', 'self_condition_False']
+  assert previous['final'] == fresh['final'] != off['final']
+  assert [v['quality']['self_condition'] for v in r['variants']] == ['off', 'previous', 'fresh']
+  assert r['runs']['base']['variants'] == ['previous', 'fresh']
+  report = (tmp_path / 'report.md').read_text()
+  assert 'previous / fresh' in report and 'nan' not in report.lower()

@@ -1,13 +1,22 @@
 """Ablations of the diffusion recipe at equal tokens, each evaluated and written to a report.
 
-  python -m dlm.experiments.ablate --config configs/quickstart.py --sweep=schedule \
-      --workdir runs/ablate_schedule --preset=cpu [--scorer_workdir=runs/compare/scorer]
+  python -m dlm.experiments.ablate --config configs/quickstart.py --sweep=allocation \
+      --workdir runs/ablate_allocation --preset=cpu [--scorer_workdir=runs/compare/scorer]
 
-Sweeps (the seed's list): schedule (linear / cosine / sqrt), steps (diffusion steps 100 / 500 /
-1000), depth (4 / 8 / 12), parameterization (eps / x0 / v, under the mse loss where it matters),
-embed_norm (normalised embeddings on / off). Like `compare`, the scorer is trained first unless
-given, and every variant reads its prepared tokens
-(and so its tokenizer) in place.
+Sweeps: allocation (the seed's cosine schedule with uniform times / LangFlow's Gumbel /
+the adaptive CE-following proposal), dim (diffusion_dim 16 / 32 / 64 / 128), path (vp / flow),
+sampler (ancestral / ddim / dpm++2m), steps (sampling steps 8 / 32 / 128 / 512),
+self_condition (off / previous / fresh), and the seed's list: schedule (linear / cosine /
+sqrt), diffusion_steps (T = 100 / 500 / 1000), depth (4 / 8 / 12), parameterization (eps / x0 /
+v, under the mse loss where it matters), embed_norm (normalised embeddings on / off). schedule
+and diffusion_steps set allocation=schedule: under the other allocations neither decides the
+noise levels.
+
+Variants that differ only in `sample.*` settings share one trained model: each distinct set of
+training overrides trains once (its workdir is named after them, `base` for none) and is
+evaluated once; each variant then samples with its own settings. Like `compare`, the scorer is
+trained first unless given, and every run reads its prepared tokens (and so its tokenizer) in
+place.
 """
 
 import functools
@@ -17,18 +26,49 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from dlm import checkpoint, data, quality
+from dlm import checkpoint, data, quality, samplers
 from dlm.errors import DlmError
 from dlm.experiments import common, report
 
+SCHEDULE = {'diffusion.allocation': 'schedule'}  # the seed's uniform times on a schedule
 SWEEPS = {
-    'schedule': [(s, {'diffusion.noise_schedule': s}) for s in ('linear', 'cosine', 'sqrt')],
-    'steps': [(f'T={t}', {'diffusion.diffusion_steps': t}) for t in (100, 500, 1000)],
+    'allocation': [('cosine-uniform', {**SCHEDULE, 'diffusion.noise_schedule': 'cosine'}),
+                   ('gumbel', {'diffusion.allocation': 'gumbel'}),
+                   ('adaptive', {'diffusion.allocation': 'adaptive'})],
+    'dim': [(f'dim {d}', {'model.diffusion_dim': d}) for d in (16, 32, 64, 128)],
+    'path': [(p, {'diffusion.path': p}) for p in ('vp', 'flow')],
+    'sampler': [(s, {'sample.sampler': s}) for s in samplers.SAMPLERS],
+    'steps': [(f'{s} steps', {'sample.num_steps': s}) for s in (8, 32, 128, 512)],
+    'self_condition': [('off', {'diffusion.self_condition': False}),
+                       ('previous', {'sample.self_condition': 'previous'}),
+                       ('fresh', {'sample.self_condition': 'fresh'})],
+    'schedule': [(s, {**SCHEDULE, 'diffusion.noise_schedule': s})
+                 for s in ('linear', 'cosine', 'sqrt')],
+    'diffusion_steps': [(f'T={t}', {**SCHEDULE, 'diffusion.diffusion_steps': t})
+                        for t in (100, 500, 1000)],
     'depth': [(f'depth {d}', {'model.depth': d}) for d in (4, 8, 12)],
     'parameterization': [(p, {'diffusion.loss': 'mse', 'diffusion.parameterization': p})
                          for p in ('eps', 'x0', 'v')],
-    'embed_norm': [(f'normalize={v}', {'diffusion.normalize_embeddings': v}) for v in (True, False)],
+    'embed_norm': [(f'normalize={v}', {'diffusion.normalize_embeddings': v})
+                   for v in (True, False)],
 }
+
+
+def run_name(train_overrides: dict) -> str:
+  """The workdir of a trained variant, from what training depends on."""
+  return '-'.join(f'{k.split(".")[1]}_{v}' for k, v in sorted(train_overrides.items())) or 'base'
+
+
+def train_and_evaluate(c, wd: str, scorer, log) -> dict:
+  """Train (or resume) the run in wd and bound its final checkpoint."""
+  trained = common.train_run(c, wd, log)
+  run = checkpoint.load_run(wd)
+  quality.check_scorer(run, scorer, c.model.sequence_len)
+  windows = data.eval_windows(data.val_tokens(wd), c.model.sequence_len, c.eval.eval_tokens)
+  final = common.evaluate_step(wd, run.step, windows, min(c.eval.batch_size, len(windows)),
+                               trained['tokens_per_step'])
+  return {**trained, 'run': run, 'final': final, 'diffusion_dim': c.model.diffusion_dim,
+          'loss_curve': common.loss_curve(wd)}
 
 
 def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
@@ -41,25 +81,28 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
   os.makedirs(workdir, exist_ok=True)
   scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
   scorer = checkpoint.load_run(scorer_workdir)
-  variants = []
+  n = p['num_samples']
+  runs, variants = {}, []
   for name, overrides in SWEEPS[sweep]:
-    vc = common.on_data_of(common.apply(base, overrides), scorer_workdir)
-    vc.sample.num_steps = min(vc.sample.num_steps, vc.diffusion.diffusion_steps)
-    wd = os.path.join(workdir, name.replace(' ', '_').replace('=', '_'))
-    log(f'== {sweep}: {name}')
-    trained = common.train_run(vc, wd, log)
-    run = checkpoint.load_run(wd)
-    quality.check_scorer(run, scorer, vc.model.sequence_len)
-    windows = data.eval_windows(data.val_tokens(wd), vc.model.sequence_len,
-                                vc.eval.eval_tokens)
-    final = common.evaluate_checkpoints(wd, windows, min(vc.eval.batch_size, len(windows)),
-                                        trained['tokens_per_step'])[-1]
-    variants.append({'name': name, 'overrides': overrides, **trained, 'final': final,
-                     'quality': quality.sample_quality(run, p['num_samples'], seed=1,
-                                                       scorer=scorer),
-                     'loss_curve': common.loss_curve(wd)})
+    train_overrides, settings = common.split_overrides(overrides)
+    key = run_name(train_overrides)
+    if key not in runs:
+      log(f'== {sweep}: training {key}')
+      vc = common.on_data_of(common.apply(base, train_overrides), scorer_workdir)
+      runs[key] = train_and_evaluate(vc, os.path.join(workdir, key), scorer, log)
+    log(f'== {sweep}: sampling {name}')
+    g = runs[key]
+    variants.append({
+        'name': name, 'overrides': overrides, 'run': key, 'final': g['final'],
+        **{k: g[k] for k in ('workdir', 'train_wall_s', 'tokens_per_sec', 'tokens_per_step')},
+        'quality': quality.sample_quality(g['run'], n, seed=1, scorer=scorer, **settings),
+        'samples_per_sec': quality.samples_per_second(g['run'], n, **settings)})
   results = {'sweep': sweep, 'preset': preset, 'command': command,
-             'scorer_workdir': scorer_workdir, 'variants': variants}
+             'scorer_workdir': scorer_workdir, 'variants': variants,
+             'runs': {k: {'workdir': g['workdir'], 'final': g['final'],
+                          'diffusion_dim': g['diffusion_dim'], 'loss_curve': g['loss_curve'],
+                          'variants': [v['name'] for v in variants if v['run'] == k]}
+                      for k, g in runs.items()}}
   common.write_json(os.path.join(workdir, 'results.json'), results)
   report.write_ablation(workdir, results)
   log(f'== wrote {os.path.join(workdir, "report.md")}')

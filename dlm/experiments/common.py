@@ -21,6 +21,7 @@ from dlm import checkpoint, data, evaluate, train
 from dlm import config as config_lib
 from dlm.errors import DlmError
 
+SWEEP_STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)  # sampling steps, for every sampler
 PRESETS = {
     'tiny': dict(config={'train.num_iterations': 6, 'train.checkpoint_every': 3,
                          'train.keep_checkpoints': 5, 'train.eval_every': 0,
@@ -32,10 +33,10 @@ PRESETS = {
                         'train.log_every': 20, 'train.eval_every': 0,
                         'train.checkpoint_every': 125, 'train.keep_checkpoints': 5,
                         'eval.eval_tokens': 4096, 'eval.batch_size': 32, 'eval.bound_samples': 4,
-                        'sample.num_steps': 50},
-                num_samples=32, temperatures=(0.7, 0.85, 1.0), num_steps=(8, 25, 50)),
+                        'sample.num_steps': 64},
+                num_samples=32, temperatures=(0.7, 0.85, 1.0), num_steps=SWEEP_STEPS),
     'full': dict(config={}, num_samples=64, temperatures=(0.6, 0.7, 0.8, 0.9, 1.0, 1.1),
-                 num_steps=(8, 16, 32, 64, 128, 256, 512, 1000)),
+                 num_steps=SWEEP_STEPS),
 }
 
 
@@ -51,6 +52,14 @@ def apply(c, overrides: dict):
     section, field = key.split('.')
     c[section][field] = value
   return c
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+  """(what training depends on, the sample settings as `sampling.sample_array` arguments):
+  variants differing only in the second share one trained model."""
+  train = {k: v for k, v in overrides.items() if not k.startswith('sample.')}
+  sample = {k.split('.')[1]: v for k, v in overrides.items() if k.startswith('sample.')}
+  return train, sample
 
 
 def scorer_config(c):
@@ -111,17 +120,25 @@ def loss_curve(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def evaluate_step(workdir: str, step: int, windows: np.ndarray, batch_size: int,
+                  tokens_per_step: int) -> dict:
+  """The likelihood of the checkpoint at `step`, with the tokens seen."""
+  run = checkpoint.load_run(workdir, step)
+  r = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(run.config),
+                        windows, run.tokenizer.token_bytes(), batch_size, proposal=run.proposal)
+  return {'step': step, 'tokens': step * tokens_per_step, **r}
+
+
 def evaluate_checkpoints(workdir: str, windows: np.ndarray, batch_size: int,
                          tokens_per_step: int) -> list[dict]:
   """The likelihood at every kept checkpoint, oldest first, each with the tokens seen."""
-  out = []
-  for step in checkpoint.Checkpoints(workdir, read_only=True).steps():
-    run = checkpoint.load_run(workdir, step)
-    r = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(run.config),
-                          windows, run.tokenizer.token_bytes(), batch_size,
-                          proposal=run.proposal)
-    out.append({'step': step, 'tokens': step * tokens_per_step, **r})
-  return sorted(out, key=lambda r: r['step'])
+  steps = sorted(checkpoint.Checkpoints(workdir, read_only=True).steps())
+  return [evaluate_step(workdir, s, windows, batch_size, tokens_per_step) for s in steps]
+
+
+def last_ce_curve(curve: list[dict]) -> dict | None:
+  """The running training CE vs log-SNR (and the proposal q) of the last record holding one."""
+  return next((r['ce_vs_logsnr'] for r in reversed(curve) if 'ce_vs_logsnr' in r), None)
 
 
 def write_json(path: str, obj) -> None:

@@ -5,12 +5,15 @@
 
 Order: the scorer (configs/scorer.py's rule: a larger AR model) is trained first, unless an
 existing one is given; the two runs read its prepared tokens in place (`data.path` set to
-the scorer's prepared directory), so all three read the same tokens with the same tokenizer (checked before scoring). Then the
-diffusion model and its AR twin (`twin.ar_twin`, matched non-embedding parameters) train on the
-same data, optimiser and budget. Every kept checkpoint of both is evaluated on the same held-out
-windows; samples are drawn over a temperature sweep (and, for diffusion, a sweep of sampling
-steps) and measured beside held-out windows of the same shape. `workdir/report.md`, its PNG
-plots and `results.json` hold everything.
+the scorer's prepared directory), so all three read the same tokens with the same tokenizer
+(checked before scoring). Then the diffusion model and its AR twin (`twin.ar_twin`, matched
+non-embedding parameters) train on the same data, optimiser and budget. Every kept
+checkpoint of both is evaluated on the same held-out windows; samples are drawn over a
+temperature sweep (and, for diffusion, every sampler of `dlm.samplers` over a sweep of
+sampling steps at temperature 1) and measured beside held-out windows of the same shape.
+`workdir/report.md`, its PNG plots and `results.json` hold everything; the report flags a
+diffusion bound whose Monte-Carlo error is too large for its comparison with the AR twin to
+mean anything (`significance`).
 """
 
 import functools
@@ -20,7 +23,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from dlm import checkpoint, data, metrics, quality, sampling
+from dlm import checkpoint, data, metrics, quality, samplers, sampling
 from dlm.experiments import common, report, twin
 from dlm.model import count_params
 
@@ -52,25 +55,26 @@ def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '', log=
   results = {'preset': preset, 'command': command, 'scorer': {
       'workdir': scorer_workdir, 'non_embedding_params': count_params(scorer.params, True),
       'n_layer': scorer.model_config.n_layer, 'n_embd': scorer.model_config.n_embd},
-      'held_out': held_out, 'families': {}}
+      'held_out': held_out, 'bound_samples': configs['diffusion'].eval.bound_samples,
+      'families': {}}
   for family in FAMILIES:
     log(f'== evaluating the {family} model')
     wd = runs[family]['workdir']
     run = checkpoint.load_run(wd)
     quality.check_scorer(run, scorer, L)
     curve = common.evaluate_checkpoints(wd, windows, batch, runs[family]['tokens_per_step'])
-    extra = {} if family == 'autoregressive' else {'num_steps': run.config.sample.num_steps}
-    sweep = [quality.sample_quality(run, n, seed=1, scorer=scorer, temperature=t, **extra)
+    sweep = [quality.sample_quality(run, n, seed=1, scorer=scorer, temperature=t)
              for t in p['temperatures']]
-    steps = [quality.sample_quality(run, n, seed=1, scorer=scorer, num_steps=s)
-             for s in p['num_steps'] if s <= run.config.diffusion.diffusion_steps
+    # Every sampler at every step count, at temperature 1 (the model's own distribution).
+    steps = [quality.sample_quality(run, n, seed=1, scorer=scorer, temperature=1.0,
+                                    sampler=name, num_steps=s)
+             for name in samplers.SAMPLERS for s in p['num_steps']
              ] if family == 'diffusion' else []
-    speed = {f'samples_per_sec_batch_{b}': quality.samples_per_second(run, b, **extra)
-             for b in (1, n)}
-    example = run.tokenizer.decode_documents(
-        sampling.sample_array(run, 1, seed=2, **extra)[0][0])
+    speed = {f'samples_per_sec_batch_{b}': quality.samples_per_second(run, b) for b in (1, n)}
+    example = run.tokenizer.decode_documents(sampling.sample_array(run, 1, seed=2)[0][0])
     results['families'][family] = {
         **runs[family], 'n_layer': run.model_config.n_layer, 'n_embd': run.model_config.n_embd,
+        'diffusion_dim': run.model_config.diffusion_dim,
         'non_embedding_params': count_params(run.params, True),
         'params': count_params(run.params), 'final': curve[-1], 'checkpoints': curve,
         'temperature_sweep': sweep, 'steps_sweep': steps, 'speed': speed,
