@@ -39,6 +39,8 @@ _NUM_STEPS = flags.DEFINE_integer('num_steps', 0, 'Denoising steps (0: config).'
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Denoiser softmax temperature (0: config).')
 _EVAL_TOKENS = flags.DEFINE_integer('eval_tokens', 0, 'Held-out tokens to evaluate (0: config).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Evaluation batch size (0: config).')
+_BOUND_SAMPLES = flags.DEFINE_integer('bound_samples', 0, 'eval: log-SNR draws per sequence for '
+                                      'the bounds (0: config); more draws, less Monte-Carlo error.')
 _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Evaluate on this text file instead.')
 _SCORER = flags.DEFINE_string('scorer', '', 'eval: workdir of the AR scorer for gen-PPL '
                               '(configs/scorer.py); without it samples get statistics only.')
@@ -125,6 +127,10 @@ def _eval(workdir: str) -> None:
   import ml_collections
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
   c = run.config
+  if _BOUND_SAMPLES.value:
+    if _BOUND_SAMPLES.value < 2:
+      raise DlmError('--bound_samples must be >= 2 (two replicas for the Monte-Carlo error)')
+    c.eval.bound_samples = _BOUND_SAMPLES.value
   eval_tokens = _EVAL_TOKENS.value or c.eval.eval_tokens
   batch_size = _BATCH_SIZE.value or c.eval.batch_size
   L = run.model_config.sequence_len
@@ -140,11 +146,12 @@ def _eval(workdir: str) -> None:
                              run.tokenizer.token_bytes(), batch_size, seed=_SEED.value,
                              progress=lambda it: tqdm(it, desc='eval', unit='batch'),
                              proposal=run.proposal)
-  result.update(step=run.step, data=source, weights='ema' if c.train.ema_decay else 'raw')
+  result.update(step=run.step, data=source, weights='ema' if c.train.ema_decay else 'raw',
+                bound_samples=c.eval.bound_samples)
   result.update(_eval_samples(run, stream))
-  print(json.dumps(result, indent=2))
-  if run.proposal is not None:
+  if run.proposal is not None:  # the table first, so stdout ends with the JSON object
     _print_curve(result['heldout_ce_vs_logsnr'], run.proposal)
+  print(json.dumps(result, indent=2))
   if _OUTPUT.value:
     _write(_OUTPUT.value, json.dumps(result, indent=2) + '\n')
 

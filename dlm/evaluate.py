@@ -153,14 +153,15 @@ def context_tokens(windows: np.ndarray) -> np.ndarray:
 
 def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np.ndarray,
              batch_size: int, seed: int = 0, progress=None, bound: bool = True,
-             proposal=None) -> dict:
+             proposal=None, discrete: bool = True) -> dict:
   """val_loss and (unless bound=False) the likelihood of `windows` in bits per token / byte.
 
   windows: consecutive slices of one token stream, (n, L). The AR model scores every token of
   every window (the first with the token before it as context, `context_tokens`), the
   diffusion model bounds each window as a whole: the same tokens, the same bytes. proposal:
   the diffusion run's q (`state.proposal`); it decides the training objective's noise levels
-  too, so val_loss is only comparable between runs with the same allocation.
+  too, so val_loss is only comparable between runs with the same allocation. discrete=False
+  skips the discrete T-step bound.
   """
   n = (len(windows) // batch_size) * batch_size
   if n == 0:
@@ -188,7 +189,7 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
       nll = ar_nll_nats(params, tokens, jnp.asarray(prev[i:i + batch_size]), model=model)
       per_seq[''].append(np.asarray(nll).sum(-1))
       continue
-    for prefix, steps in (('', 0), ('discrete_', discrete_steps)):
+    for prefix, steps in (('', 0), ('discrete_', discrete_steps))[:2 if discrete else 1]:
       terms = jax.device_get(diffusion_bound_nats(
           params, tokens, k, proposal, model=model, num_samples=c.eval.bound_samples,
           self_condition=dc.self_condition, num_steps=steps))
@@ -211,11 +212,11 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
                   likelihood='exact negative log-likelihood (autoregressive)')
     return result
   result.update(_summary('', np.concatenate(per_seq['']), tokens_total, b, mc_var['']))
-  result.update(_summary('discrete_', np.concatenate(per_seq['discrete_']), tokens_total, b,
-                         mc_var['discrete_']))
+  if discrete:
+    result.update(_summary('discrete_', np.concatenate(per_seq['discrete_']), tokens_total, b,
+                           mc_var['discrete_']), discrete_steps=int(discrete_steps))
   denoiser = 'two-pass self-conditioned denoiser' if dc.self_condition else 'denoiser'
   result.update(
-      discrete_steps=int(discrete_steps),
       bound_terms_bits_per_token={k: v / tokens_total / LN2 for k, v in parts.items()},
       heldout_ce_vs_logsnr=binned_curve(np.concatenate(curve_lam), np.concatenate(curve_ce),
                                         np.asarray(proposal['edges'])),

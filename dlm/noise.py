@@ -48,8 +48,9 @@ def logsnr_range(dc, diffusion_dim: int) -> tuple[float, float]:
   return dc.token_logsnr_min - shift, dc.token_logsnr_max - shift
 
 
-def make_edges(dc, diffusion_dim: int) -> jnp.ndarray:
-  return jnp.linspace(*logsnr_range(dc, diffusion_dim), dc.proposal_bins + 1)
+def make_edges(dc, diffusion_dim: int) -> np.ndarray:
+  """Bin edges: a constant of the config (numpy, so it stays concrete under jit)."""
+  return np.linspace(*logsnr_range(dc, diffusion_dim), dc.proposal_bins + 1).astype(np.float32)
 
 
 def centers(edges) -> jnp.ndarray:
@@ -80,9 +81,11 @@ def _cdf(mass):
 
 def schedule_mass(dc, edges) -> np.ndarray:
   """Bin masses of lambda(t) for t uniform in [0, 1] (the schedule's own density); mass
-  beyond the range goes to the end bins."""
-  lam = np.sort(np.asarray(diffusion.logsnr(np.linspace(0, 1, 200001), dc.noise_schedule)))
-  cdf = np.searchsorted(lam, np.asarray(edges), side='right') / len(lam)
+  beyond the range goes to the end bins. A constant of the config, computed eagerly even when
+  called while tracing (the state's init runs under jit)."""
+  with jax.ensure_compile_time_eval():
+    lam = np.sort(np.asarray(diffusion.logsnr(np.linspace(0, 1, 200001), dc.noise_schedule)))
+    cdf = np.searchsorted(lam, np.asarray(edges), side='right') / len(lam)
   cdf[0], cdf[-1] = 0.0, 1.0
   return np.diff(cdf)
 
@@ -169,7 +172,7 @@ def init_state(dc, diffusion_dim: int, vocab_size: int) -> dict:
   else:  # the adaptive proposal also starts from the Gumbel guess until it has data
     mass = gumbel_mass(edges, params)
   return {'ce': jnp.zeros((K,)), 'weight': jnp.zeros((K,)), 'gumbel': params,
-          'cdf': _cdf(_with_floor(mass, dc.proposal_floor)), 'edges': edges}
+          'cdf': _cdf(_with_floor(mass, dc.proposal_floor)), 'edges': jnp.asarray(edges)}
 
 
 def proposal(state: dict) -> dict:
@@ -189,18 +192,20 @@ def update(state: dict, lam_N, ce_N, step, dc) -> dict:
              weight=decay * state['weight'] + jnp.zeros((K,)).at[b].add(1.0))
   if dc.allocation == 'schedule':
     return new
-  curve = ce_curve(new)
-  if dc.allocation == 'gumbel':
-    seen = jnp.isfinite(curve)
-    params = fit_gumbel(new['gumbel'], -centers(edges), jnp.where(seen, curve, 0.0),
-                        jnp.where(seen, new['weight'], 0.0))
-    mass = gumbel_mass(edges, params)
-  else:
-    params, mass = new['gumbel'], adaptive_mass(curve)
+
+  def rebuild(new):
+    curve = ce_curve(new)
+    if dc.allocation == 'gumbel':
+      seen = jnp.isfinite(curve)
+      params = fit_gumbel(new['gumbel'], -centers(edges), jnp.where(seen, curve, 0.0),
+                          jnp.where(seen, new['weight'], 0.0))
+      mass = gumbel_mass(edges, params)
+    else:
+      params, mass = new['gumbel'], adaptive_mass(curve)
+    return dict(new, gumbel=params, cdf=_cdf(_with_floor(mass, dc.proposal_floor)))
+
   refresh = (step % dc.proposal_refresh == 0) & (jnp.sum(new['weight'] > 0) >= 4)
-  new['gumbel'] = jnp.where(refresh, params, new['gumbel'])
-  new['cdf'] = jnp.where(refresh, _cdf(_with_floor(mass, dc.proposal_floor)), new['cdf'])
-  return new
+  return jax.lax.cond(refresh, rebuild, lambda new: new, new)
 
 
 def sample(q: dict, u):

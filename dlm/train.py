@@ -174,16 +174,16 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   def get_batch():
     return sharding.to_device(next(train_iter), batch_sh)  # this process's rows
 
-  def evaluate_now(state, bound: bool) -> dict:
+  def evaluate_now(state, bound: bool, discrete: bool = True) -> dict:
     return evaluate.evaluate(state_lib.sampling_params(state), model, eval_config, val_windows,
                              tok.token_bytes(), batch_size=min(B, len(val_windows)), seed=c.seed,
-                             bound=bound, proposal=state_lib.proposal(state))
+                             bound=bound, proposal=state_lib.proposal(state), discrete=discrete)
 
   def curve_record(state) -> dict:
     return {'ce_vs_logsnr': noise.summary(state['noise'], c.diffusion)} if 'noise' in state else {}
 
   if start == 0:  # the sanity check: an untrained model sits at log2(V)
-    init = evaluate_now(state, bound=True)
+    init = evaluate_now(state, bound=True, discrete=False)
     if 'bits_per_token' in init:
       rel = '=' if mcfg.causal else '<='  # AR: exact NLL; diffusion: an upper bound
       log(f'init: val_loss {init["val_loss"]:.4f} | bits/token {rel} {init["bits_per_token"]:.3f} '

@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from dlm import checkpoint, noise, train
@@ -202,3 +203,14 @@ def test_resumed_run_ends_with_the_same_adaptive_proposal(tmp_path):
   a, b = _losses(tmp_path / 'full'), _losses(tmp_path / 'cut')
   assert sorted(a) == sorted(b) == list(range(1, 7))
   np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
+
+
+@pytest.mark.parametrize('allocation', noise.ALLOCATIONS)
+def test_initial_state_builds_under_jit_for_every_allocation(allocation):
+  """The train state is initialised inside jax.jit: the schedule's density must be computed
+  from constants, not from traced arrays."""
+  dc = tiny_config(**{'diffusion.allocation': allocation}).diffusion
+  eager = noise.init_state(dc, 16, 256)
+  jitted = jax.jit(lambda: noise.init_state(dc, 16, 256))()
+  np.testing.assert_allclose(np.asarray(jitted['cdf']), np.asarray(eager['cdf']), atol=1e-6)
+  assert float(jitted['cdf'][-1]) == 1.0 and np.all(np.diff(np.asarray(jitted['cdf'])) > 0)
