@@ -45,10 +45,14 @@ def test_sample_writes_jsonl_with_text_seed_and_settings(trained, tmp_path):
 def test_eval_writes_val_loss_and_bits_per_byte(trained, tmp_path):
   out = tmp_path / 'eval.json'
   proc = _main('--mode=eval', f'--workdir={trained}', '--eval_tokens=128', '--batch_size=4',
-               f'--output={out}')
+               '--bound_samples=6', f'--output={out}')
   assert proc.returncode == 0, proc.stderr
   result = json.loads(out.read_text())
-  assert result['eval_tokens'] == 128 and result['step'] == 6
+  assert result['eval_tokens'] == 128 and result['step'] == 6 and result['bound_samples'] == 6
+  assert 'two-pass' in result['likelihood']  # says which process the bound describes
+  curve = result['heldout_ce_vs_logsnr']
+  assert len(curve['logsnr']) == len(curve['ce']) and any(x is not None for x in curve['ce'])
+  assert 'held-out cross-entropy' in proc.stdout and proc.stdout.rstrip().endswith('}')
   assert 0 < result['bits_per_byte'] < result['bits_per_token']
   assert result['val_loss'] > 0
   assert result['discrete_bits_per_token'] > 0 and result['weights'] == 'raw'

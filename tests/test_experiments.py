@@ -89,9 +89,11 @@ def test_a_bound_is_flagged_when_its_mc_error_swamps_the_gap():
   # Below the exact NLL, by less than 3 combined standard errors: not a result.
   assert significance.vs_exact(_final(2.96, se=0.02, mc=0.005), exact).startswith(FLAG)
   assert significance.vs_exact(_final(2.5, se=0.02, mc=0.005), exact) == ''
-  # Among ablation variants: against the nearest other bound; alone, nothing to compare.
-  assert significance.vs_others(_final(3.5, mc=0.1), [3.6, 5.0]).startswith(FLAG)
-  assert significance.vs_others(_final(3.5, mc=0.1), [4.0]) == ''
+  # Among ablation variants: against the nearest other bound, within 3 combined MC errors
+  # (0.1 and 0.1: 0.42); alone, nothing to compare.
+  others = [_final(3.9, mc=0.1), _final(5.0, mc=0.1)]
+  assert significance.vs_others(_final(3.5, mc=0.1), others).startswith(FLAG)
+  assert significance.vs_others(_final(3.5, mc=0.1), [_final(4.0, mc=0.1)]) == ''
   assert significance.vs_others(_final(3.5, mc=0.1), []) == ''
 
 

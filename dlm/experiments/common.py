@@ -32,7 +32,7 @@ PRESETS = {
                         'train.num_iterations': 500, 'train.device_batch_size': 16,
                         'train.log_every': 20, 'train.eval_every': 0,
                         'train.checkpoint_every': 125, 'train.keep_checkpoints': 5,
-                        'eval.eval_tokens': 8192, 'eval.batch_size': 32, 'eval.bound_samples': 16,
+                        'eval.eval_tokens': 8192, 'eval.batch_size': 32, 'eval.bound_samples': 32,
                         'sample.num_steps': 64},
                 num_samples=32, temperatures=(0.7, 0.85, 1.0), num_steps=SWEEP_STEPS),
     'full': dict(config={}, num_samples=64, temperatures=(0.6, 0.7, 0.8, 0.9, 1.0, 1.1),

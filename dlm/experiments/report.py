@@ -305,11 +305,11 @@ def write_ablation(workdir: str, r: dict) -> None:
   fig.suptitle(f'Ablation: {r["sweep"]}')
   bars = _save(fig, workdir, 'bits_per_byte.png')
 
-  bpt = {k: v['final']['bits_per_token'] for k, v in runs.items()}
+  finals = {k: v['final'] for k, v in runs.items()}
   rows = []
   for v in variants:
     f, q = v['final'], v['quality']
-    others = [x for k, x in bpt.items() if k != v['run']]
+    others = [x for k, x in finals.items() if k != v['run']]
     rows.append([v['name'], f'`{v["run"]}`', q['sampler'], q['num_steps'], q['self_condition'],
                  f'≤ {_bound(f, per_byte=True)}', f'≤ {_bound(f)}',
                  f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})',
@@ -328,8 +328,8 @@ held-out windows; samples at temperature 1 are scored by the same AR scorer
 that differ only in sample settings share one trained model, and so its bound
 {'(' + '; '.join(shared) + ')' if shared else ''}. Bits are upper bounds with the
 standard error over sequences (±) and the Monte-Carlo error of the bound's draws (MC ±); the
-discrete bound is at the trained run's sampling step count T. A bound whose MC error is over a
-quarter of its gap to the nearest other trained variant is flagged: that ranking is noise.
+discrete bound is at the trained run's sampling step count T. A bound within three combined
+Monte-Carlo errors of the nearest other trained variant's bound is flagged: that ranking is noise.
 
 {_table(['variant', 'trained run', 'sampler', 'steps', 'self-cond.', 'bits/byte',
          'bits/token', 'discrete bits/byte', 'verdict', 'gen-PPL', 'unigram entropy',

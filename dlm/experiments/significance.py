@@ -44,14 +44,18 @@ def vs_exact(bound: dict, exact: dict, prefix: str = '') -> str:
   return ''
 
 
-def vs_others(bound: dict, others: list[float]) -> str:
-  """'' when the bound's MC error is small beside its gap to the nearest of other bounds
-  (bits/token of other trained variants), else the warning. No others: nothing compared."""
+def vs_others(bound: dict, others: list[dict]) -> str:
+  """'' when the bound (an evaluate() dict) differs from the nearest of other variants' bounds
+  by more than Z times their combined Monte-Carlo error, else the warning. The variants share
+  the held-out sequences, so the spread over sequences largely cancels in the difference and
+  the draws' error is what can reorder them. No others: nothing compared."""
   mc = bound.get('bits_per_token_mc_stderr')
   if mc is None or not others:
     return ''
-  gap = min(abs(bound['bits_per_token'] - o) for o in others)
-  return _mc_flag(mc) if mc > MC_SHARE * gap else ''
+  nearest = min(others, key=lambda o: abs(bound['bits_per_token'] - o['bits_per_token']))
+  gap = abs(bound['bits_per_token'] - nearest['bits_per_token'])
+  combined = math.sqrt(_sq(mc) + _sq(nearest.get('bits_per_token_mc_stderr')))
+  return _mc_flag(mc) if gap < Z * combined else ''
 
 
 def bpb_ratio(bound: dict, exact: dict) -> float:
