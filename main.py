@@ -202,9 +202,13 @@ def _train(workdir: str) -> None:
   result = train.train(c, workdir)
   rel = '=' if result.get('likelihood', '').startswith('exact') else '<='
   if sharding.is_main_process():
+    mc = result.get('bits_per_token_mc_stderr')
     print(f'final: val_loss {result["val_loss"]:.4f}' + (
-        f' | bits/token {rel} {result["bits_per_token"]:.3f} | bits/byte {rel} '
-        f'{result["bits_per_byte"]:.3f}' if 'bits_per_byte' in result else ''))
+        f' | bits/token {rel} {result["bits_per_token"]:.3f}'
+        + (f' (Monte-Carlo error ±{mc:.3f})' if mc is not None else '')
+        + f' | bits/byte {rel} {result["bits_per_byte"]:.3f}' if 'bits_per_byte' in result else ''))
+    if mc is not None:
+      print(f'       {result["likelihood"]}')
   run = checkpoint.load_run(workdir)
   records = sampling.generate(run, num_samples=c.sample.num_samples, seed=c.seed)
   if sharding.is_main_process():  # every process samples (collectives), one prints

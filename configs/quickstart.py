@@ -7,8 +7,8 @@
 Any field can be overridden, e.g. --config.data.path=../shared/data/tinystories/train.txt
 --config.data.val_path=../shared/data/tinystories/valid.txt to train on TinyStories.
 
-600 steps rather than more: with the adaptive noise allocation (the default) the model spends
-its steps where tokens are decided, so 600 of them beat the 1,200 the cosine schedule needed
+500 steps rather than more: with the adaptive noise allocation (the default) the model spends
+its steps where tokens are decided, so 500 of them beat the 1,200 the cosine schedule needed
 (README, Results) and the whole command fits a laptop's coffee break.
 """
 
@@ -21,11 +21,11 @@ def get_config():
   c.model.sequence_len = 64
   c.model.diffusion_dim = 32
   c.data.tokenizer_vocab_size = 2048
-  c.train.num_iterations = 600
+  c.train.num_iterations = 500
   c.train.device_batch_size = 32
   c.train.log_every = 50
-  c.train.eval_every = 200
-  c.train.checkpoint_every = 200
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 250
   c.sample.num_steps = 64
   c.eval.eval_tokens = 16384
   c.eval.batch_size = 32
