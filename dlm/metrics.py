@@ -1,11 +1,11 @@
 """Statistics of generated and real text: what gen-PPL alone cannot show.
 
 A sampler can buy a low generative perplexity by repeating itself, so sample quality is always
-reported beside diversity (DESIGN.md section 5): the entropy of the unigram distribution
+reported beside diversity (Holtzman et al. 2020): the entropy of the unigram distribution
 (in bits; falls when a sampler loops), distinct-n (unique n-grams over all n-grams, Li et al.
 2016), the repetition rate (seq-rep-4 of Welleck et al. 2019: the fraction of a sample's
 4-grams that repeat an earlier one), the fraction of document-boundary tokens and the length
-to the first boundary (DESIGN.md 4.10). All of them depend on the amount of text, so samples
+to the first boundary. All of them depend on the amount of text, so samples
 are only set beside real text of the same shape (the same number of windows of the same
 length, `reference_windows`).
 

@@ -114,7 +114,7 @@ class Block(nn.Module):
                'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype),
                                                         pos, 1)}
       # Keys past `pos` are zeros from the empty cache; key_value_seq_lengths masks them
-      # (DESIGN.md section 6 prefers it to a boolean mask).
+      # (boolean masks and fp32 biases have open bugs in some attention backends).
       att = jax.nn.dot_product_attention(q, cache['k'], cache['v'],
                                          key_value_seq_lengths=jnp.full((B,), pos + 1, jnp.int32))
     x_BLD = x_BLD + dense(D, 'attn_out', nn.initializers.zeros)(att.reshape(B, L, D))

@@ -2,9 +2,9 @@
 beside held-out text of the same shape.
 
 Generative perplexity is exp(mean NLL) of the samples' tokens under a *separate*, larger AR model
-trained on the same training split (`configs/scorer.py`), never one of the models compared
-(DESIGN.md section 5). The scorer must share the runs' tokenizer, so no re-tokenisation is
-involved (`same_tokenizer` checks it). Each row is scored from its second token on, given the
+trained on the same training split (`configs/scorer.py`), never one of the models compared (a
+model scoring its own samples rewards its own biases). The scorer must share the runs'
+tokenizer, so no re-tokenisation is involved (`same_tokenizer` checks it). Each row is scored from its second token on, given the
 tokens before it in the row, for samples and held-out windows alike.
 """
 

@@ -39,7 +39,7 @@ def create(mcfg: ModelConfig, c):
 
 
 def sampling_params(state):
-  """EMA weights where the run keeps them (DESIGN.md item 7), else the raw ones."""
+  """EMA weights where the run keeps them (Polyak averaging), else the raw ones."""
   return state.get('ema', state['params'])
 
 

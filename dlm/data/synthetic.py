@@ -6,7 +6,7 @@ text). Documents start in the stationary distribution, so the chain is stationar
   H(document of n words) = H(pi) + (n - 1) * H_rate,   H_rate = sum_i pi_i * H(P[i, :]),
 in bits. Per byte, the long-run rate is H_rate / E_pi[bytes per word, space included]. An
 evaluation can then check that a model's likelihood bound sits above the truth and approaches
-it (DESIGN.md section 5).
+it.
 """
 
 import dataclasses
