@@ -20,7 +20,11 @@ Chen et al. 2026). Allocations (`diffusion.allocation`):
 Every q is a piecewise-constant density on `proposal_bins` equal bins over the run's log-SNR
 range, mixed with a uniform floor (`proposal_floor`): sampling is an inverse CDF (exact for this
 form), densities are cheap, and the floor keeps q > 0 on the whole range so the
-importance-weighted bound stays unbiased and its weights bounded. The range is set per token:
+importance-weighted bound stays unbiased and its weights bounded. The sampler's grid, though,
+takes quantiles of q without its floor (`cdf_main`), between SAMPLER_TAIL and 1 - SAMPLER_TAIL:
+the floor exists for training coverage and importance weights, and on the grid it would only
+spend steps where nothing is decided and end with one long jump to the clean end, which the
+discrete bound charges in full. The range is set per token:
 a token's own noisy vector has total SNR d e^lambda (d = diffusion_dim, rows of radius sqrt d),
 so with lambda_tok = lambda + ln d the range [token_logsnr_min, token_logsnr_max] = [-8, 6]
 runs from "nothing known" (prior KL ~ e^-8 / 2 nats per token) to "every token decided by its
@@ -39,6 +43,7 @@ import numpy as np
 from dlm import diffusion
 
 ALLOCATIONS = ('schedule', 'gumbel', 'adaptive')
+SAMPLER_TAIL = 1e-4  # the sampler's grid runs from this quantile of q (without floor) to 1 - it
 # LangFlow's released fit for a 768-d embedding space (mu, beta, H_inf in nats).
 LANGFLOW_MU, LANGFLOW_BETA = 4.72, 0.85
 
@@ -75,8 +80,13 @@ def _with_floor(mass, floor: float):
 
 
 def _cdf(mass):
-  cdf = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(mass)])
+  cdf = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(mass / jnp.sum(mass))])
   return cdf.at[-1].set(1.0)  # float32 rounding would leave the clean end 1e-7 short
+
+
+def _cdfs(mass, floor: float) -> dict:
+  """q with its floor (training, importance weights) and without (the sampler's grid)."""
+  return {'cdf': _cdf(_with_floor(mass, floor)), 'cdf_main': _cdf(mass)}
 
 
 def schedule_mass(dc, edges) -> np.ndarray:
@@ -163,7 +173,8 @@ def adaptive_mass(curve_K):
 
 
 def init_state(dc, diffusion_dim: int, vocab_size: int) -> dict:
-  """{ce, weight: the running curve (K,); gumbel: (mu, beta, H); cdf, edges: q (K + 1,)}."""
+  """{ce, weight: the running curve (K,); gumbel: (mu, beta, H); cdf, cdf_main, edges: q with
+  and without its floor (K + 1,)}."""
   K = dc.proposal_bins
   edges = make_edges(dc, diffusion_dim)
   params = gumbel_guess(dc, diffusion_dim, vocab_size)
@@ -172,12 +183,12 @@ def init_state(dc, diffusion_dim: int, vocab_size: int) -> dict:
   else:  # the adaptive proposal also starts from the Gumbel guess until it has data
     mass = gumbel_mass(edges, params)
   return {'ce': jnp.zeros((K,)), 'weight': jnp.zeros((K,)), 'gumbel': params,
-          'cdf': _cdf(_with_floor(mass, dc.proposal_floor)), 'edges': jnp.asarray(edges)}
+          **_cdfs(mass, dc.proposal_floor), 'edges': jnp.asarray(edges)}
 
 
 def proposal(state: dict) -> dict:
-  """q alone ({cdf, edges}): what sampling and evaluation need."""
-  return {'cdf': state['cdf'], 'edges': state['edges']}
+  """q alone ({cdf, cdf_main, edges}): what sampling and evaluation need."""
+  return {k: state[k] for k in ('cdf', 'cdf_main', 'edges')}
 
 
 def update(state: dict, lam_N, ce_N, step, dc) -> dict:
@@ -202,7 +213,7 @@ def update(state: dict, lam_N, ce_N, step, dc) -> dict:
       mass = gumbel_mass(edges, params)
     else:
       params, mass = new['gumbel'], adaptive_mass(curve)
-    return dict(new, gumbel=params, cdf=_cdf(_with_floor(mass, dc.proposal_floor)))
+    return dict(new, gumbel=params, **_cdfs(mass, dc.proposal_floor))
 
   refresh = (step % dc.proposal_refresh == 0) & (jnp.sum(new['weight'] > 0) >= 4)
   return jax.lax.cond(refresh, rebuild, lambda new: new, new)
@@ -221,8 +232,10 @@ def density(q: dict, lam):
 
 
 def steps(q: dict, num_steps: int):
-  """num_steps + 1 log-SNRs at equal quantiles of q, from the noisy end to the clean end."""
-  return sample(q, jnp.linspace(0.0, 1.0, num_steps + 1))
+  """num_steps + 1 log-SNRs at equal quantiles of q without its floor, from the noisy end to
+  the clean end (quantiles SAMPLER_TAIL ... 1 - SAMPLER_TAIL)."""
+  u = jnp.linspace(SAMPLER_TAIL, 1.0 - SAMPLER_TAIL, num_steps + 1)
+  return jnp.interp(u, q['cdf_main'], q['edges'])
 
 
 def summary(state: dict, dc) -> dict:
