@@ -1,8 +1,8 @@
 """Generating text: the reverse diffusion as one jitted `lax.scan`.
 
 The sampler's num_steps + 1 log-SNRs sit at equal quantiles of the run's noise proposal q
-(`dlm.noise`), from the noisy end to the clean end, so its steps go where the model's
-cross-entropy changes, the same places training went. At each step the denoiser's logits give
+without its uniform floor (`noise.steps`), from the noisy end to the clean end, so its steps go
+where the model's cross-entropy changes, the same places training went. At each step the denoiser's logits give
 x0_hat = softmax(logits / temperature) @ E (optionally score-tempered, Plaid, or clamped to
 the nearest embedding, Diffusion-LM), and one of `dlm.samplers`' update rules moves z:
 ancestral (the exact posterior), DDIM, or DPM-Solver++(2M). The text is the argmax of the

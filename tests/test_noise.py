@@ -119,12 +119,12 @@ def test_steps_are_increasing_equal_quantiles_of_q_without_its_floor():
   assert grid.shape == (n + 1,)
   assert np.all(np.diff(grid) > 0), grid
   assert edges[0] <= grid[0] and grid[-1] <= edges[-1]
-  # Equal quantiles of the floor-less q, from SAMPLER_TAIL to 1 - SAMPLER_TAIL.
-  u = np.linspace(noise.SAMPLER_TAIL, 1 - noise.SAMPLER_TAIL, n + 1)
+  # Equal quantiles of the floor-less q, over SAMPLER_QUANTILES.
+  u = np.linspace(*noise.SAMPLER_QUANTILES, n + 1)
   np.testing.assert_allclose(np.interp(grid, edges, np.asarray(q['cdf_main'])), u, atol=1e-5)
   # The floor would have spent the last step on one long jump to the clean end: without it
   # the grid stops where q's mass ends, well inside the range.
-  with_floor = np.interp(u, np.asarray(q['cdf']), edges)
+  with_floor = np.interp(np.linspace(0, 1, n + 1), np.asarray(q['cdf']), edges)
   assert grid[-1] < with_floor[-1] - 1.0 and grid[-1] - grid[-2] < with_floor[-1] - with_floor[-2]
   assert np.ptp(np.diff(grid)) > 0.5 * np.mean(np.diff(grid))  # not simply evenly spaced
 
