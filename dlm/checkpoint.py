@@ -14,6 +14,7 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from dlm import config as config_lib
 from dlm import optim, sharding, state as state_lib
@@ -28,12 +29,20 @@ class Checkpoints:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     if read_only and not os.path.isdir(self.directory):
       raise DlmError(f'no checkpoints in {workdir}: train first (python main.py --workdir={workdir})')
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                             read_only=read_only),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler()})
+    # A read-only manager makes Orbax warn three times that it will not save; loading a run
+    # in a notebook should print nothing, so those warnings are held back while it is built.
+    verbosity = logging.get_verbosity()
+    if read_only:
+      logging.set_verbosity(logging.ERROR)
+    try:
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                               read_only=read_only),
+          item_handlers={'state': ocp.StandardCheckpointHandler(),
+                         'data': grain.checkpoint.CheckpointHandler()})
+    finally:
+      logging.set_verbosity(verbosity)
 
   def latest_step(self):
     return self.manager.latest_step()

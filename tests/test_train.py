@@ -26,12 +26,17 @@ def test_resume_after_preemption_continues_the_same_loss_curve(tmp_path, quiet):
   assert abs(full['val_loss'] - resumed['val_loss']) < 1e-5
 
 
-def test_checkpoint_and_workdir_layout(tmp_path, quiet):
+def test_checkpoint_and_workdir_layout(tmp_path, quiet, capfd, caplog):
   train.train(tiny_config(), str(tmp_path), log=quiet)
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'checkpoints', 'config.json', 'data', 'metrics.jsonl', 'tokenizer']
+  capfd.readouterr()
+  caplog.clear()
   run = checkpoint.load_run(str(tmp_path))
   assert run.step == 6
+  # Loading a run (as in a notebook) prints nothing and logs no library warnings.
+  assert capfd.readouterr() == ('', '')
+  assert not [r for r in caplog.records if r.levelno >= 30], caplog.records
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [json.loads(l) for l in f]
   assert all({'step', 'loss'} <= set(r) for r in records if 'loss' in r)
