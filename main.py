@@ -160,8 +160,8 @@ def _print_curve(curve: dict, proposal) -> None:
   """The held-out cross-entropy against log-SNR beside the run's noise proposal q, as text:
   where the curve falls is where the model decides tokens, and where q should put its mass."""
   import numpy as np
-  edges = np.asarray(proposal['edges'])
-  q = np.diff(np.asarray(proposal['cdf'])) / np.diff(edges)
+  from dlm import noise
+  q = np.asarray(noise.bin_densities(proposal))
   print('held-out cross-entropy (nats/token) vs log-SNR, and the noise proposal q:')
   stride = max(1, len(q) // 16)
   for i in range(0, len(q), stride):

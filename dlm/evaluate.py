@@ -228,8 +228,7 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
 def binned_curve(lam, ce, edges) -> dict:
   """Mean cross-entropy per token in the proposal's log-SNR bins (None where no draw fell)."""
   centers = np.asarray(noise.centers(edges))
-  b = np.clip(np.floor((lam - edges[0]) / (edges[-1] - edges[0]) * len(centers)).astype(int),
-              0, len(centers) - 1)
+  b = np.asarray(noise.bin_index(edges, lam))
   total, count = np.bincount(b, ce, len(centers)), np.bincount(b, minlength=len(centers))
   return {'logsnr': [round(float(x), 4) for x in centers],
           'ce': [round(float(t / n), 5) if n else None for t, n in zip(total, count)]}

@@ -66,7 +66,7 @@ def centers(edges) -> jnp.ndarray:
   return 0.5 * (edges[1:] + edges[:-1])
 
 
-def _bin(edges, lam):
+def bin_index(edges, lam):
   K = edges.shape[0] - 1
   return jnp.clip(jnp.floor((lam - edges[0]) / (edges[-1] - edges[0]) * K), 0, K - 1
                   ).astype(jnp.int32)
@@ -200,7 +200,7 @@ def update(state: dict, lam_N, ce_N, step, dc) -> dict:
   rebuild the proposal from it. `step` is the step just completed (1-based)."""
   K = dc.proposal_bins
   edges = state['edges']
-  b = _bin(edges, lam_N)
+  b = bin_index(edges, lam_N)
   decay = dc.proposal_ema
   new = dict(state,
              ce=decay * state['ce'] + jnp.zeros((K,)).at[b].add(ce_N),
@@ -228,11 +228,14 @@ def sample(q: dict, u):
   return jnp.interp(u, q['cdf'], q['edges'])
 
 
+def bin_densities(q: dict):
+  """q(lambda) in each bin (K,): mass over width."""
+  return jnp.diff(q['cdf']) / jnp.diff(q['edges'])
+
+
 def density(q: dict, lam):
   """q(lambda) on the range."""
-  edges = q['edges']
-  width = (edges[-1] - edges[0]) / (edges.shape[0] - 1)
-  return jnp.diff(q['cdf'])[_bin(edges, lam)] / width
+  return bin_densities(q)[bin_index(q['edges'], lam)]
 
 
 def steps(q: dict, num_steps: int):
@@ -244,12 +247,10 @@ def steps(q: dict, num_steps: int):
 
 def summary(state: dict, dc) -> dict:
   """The running CE curve and the proposal, as plain lists for metrics.jsonl and reports."""
-  cdf, edges = np.asarray(state['cdf']), np.asarray(state['edges'])
-  width = (edges[-1] - edges[0]) / dc.proposal_bins
   curve = np.asarray(ce_curve(state))
-  out = {'logsnr': [round(float(x), 4) for x in centers(edges)],
+  out = {'logsnr': [round(float(x), 4) for x in np.asarray(centers(state['edges']))],
          'ce': [None if not np.isfinite(x) else round(float(x), 5) for x in curve],
-         'q': [round(float(x), 6) for x in np.diff(cdf) / width]}
+         'q': [round(float(x), 6) for x in np.asarray(bin_densities(state))]}
   if dc.allocation == 'gumbel':
     out['gumbel'] = dict(zip(('mu', 'beta', 'h'), (float(x) for x in np.asarray(state['gumbel']))))
   return out
