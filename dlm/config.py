@@ -9,7 +9,7 @@ import json
 
 import ml_collections
 
-from dlm import diffusion, noise, samplers
+from dlm import diffusion, labels, noise, samplers
 from dlm.errors import DlmError
 from dlm.model import ModelConfig
 
@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
       learn_embeddings=True,
       prior_logits=True,          # add the independent-token posterior to the model's logits
       self_condition=True,        # feed the previous x0 estimate back in (+1 forward per step)
+      condition_fraction=0.25,    # rows trained with known tokens (prefix / spans) for prompts
+                                  # and infilling; 0: unconditional only
+      label_dropout=0.1,          # rows trained without their label (data.label), for guidance
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -83,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_documents=0,            # 0 = every document of data.path
       on_error='skip',            # undecodable bytes, bad .jsonl lines: skip (and count) | stop
       num_workers=0,              # grain worker processes (0: threads in this process)
+      label='',                   # a label read off each window, for guidance: '' (none) |
+                                  # keyword:WORD (does the window contain WORD)
   ))
 
   c.sample = ml_collections.ConfigDict(dict(
@@ -94,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
       sampler='ancestral',        # ancestral | ddim | dpm++2m
       self_condition='previous',  # previous: feed back the last step's x0_hat | fresh: 2 passes
       clamp=False,                # snap x0_hat to the nearest embedding before each update
+      guidance=1.0,               # classifier-free guidance scale with --label (0: unconditional)
+      mask_len=16,                # tokens of a bare [MASK] in an infill template
       top_p=1.0,                  # autoregressive runs: nucleus sampling mass (1: off)
   ))
 
@@ -121,7 +128,9 @@ def model_config(c, vocab_size: int) -> ModelConfig:
       sequence_len=m.sequence_len, diffusion_dim=m.diffusion_dim, causal=m.causal,
       normalize_embeddings=c.diffusion.normalize_embeddings,
       prior_logits=c.diffusion.prior_logits, learn_embeddings=c.diffusion.learn_embeddings,
-      path=c.diffusion.path, dtype=m.dtype)
+      path=c.diffusion.path,
+      conditioning=not m.causal and c.diffusion.condition_fraction > 0,
+      num_labels=len(labels.VALUES) if c.data.label and not m.causal else 0, dtype=m.dtype)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -158,6 +167,12 @@ def validate(c, num_devices: int = 1) -> None:
            'everywhere keeps the bound unbiased)')
   _require(d.proposal_refresh >= 1, 'diffusion.proposal_refresh must be >= 1')
   _require(0 <= d.proposal_ema < 1, 'diffusion.proposal_ema must be in [0, 1)')
+  _require(0 <= d.condition_fraction <= 1, 'diffusion.condition_fraction must be in [0, 1]')
+  _require(0 < d.label_dropout < 1, 'diffusion.label_dropout must be in (0, 1): guidance needs '
+           'the unconditional model that the dropped rows train')
+  labels.check_spec(c.data.label)
+  _require(s.guidance >= 0, 'sample.guidance must be >= 0')
+  _require(s.mask_len >= 1, 'sample.mask_len must be >= 1')
   _require(t.num_iterations >= 1, 'train.num_iterations must be >= 1')
   _require(t.device_batch_size >= 1, 'train.device_batch_size must be >= 1')
   accumulation_steps(c, num_devices)
@@ -207,8 +222,13 @@ def load_json(path) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as e:
     raise DlmError(f'{path} is not valid JSON: {e}')
   c = base_config()
-  c.update_from_flattened_dict(_flatten(saved))
+  flat = _flatten(saved)
+  c.update_from_flattened_dict({**OFF_WHEN_ABSENT, **flat})
   return c
+
+
+# Features a run saved before they existed was trained without.
+OFF_WHEN_ABSENT = {'diffusion.condition_fraction': 0.0}
 
 
 def _flatten(d, prefix=''):

@@ -46,7 +46,7 @@ LN2 = float(np.log(2.0))
 
 @functools.partial(jax.jit, static_argnames=('model', 'config'))
 def _objective(params, tokens_BL, key, proposal, *, model, config):
-  return losses.loss_fn(params, model, tokens_BL, key, config, proposal)[1][0]
+  return losses.loss_fn(params, model, tokens_BL, key, config, proposal, condition=False)[1][0]
 
 
 @functools.partial(jax.jit, static_argnames=('model',))

@@ -40,6 +40,8 @@ class ModelConfig:
   prior_logits: bool = True
   learn_embeddings: bool = True
   path: str = 'vp'
+  conditioning: bool = False   # a learned marker for known (clean) positions
+  num_labels: int = 0          # label values for classifier-free guidance (0: no labels)
   dtype: str = 'float32'
 
   @property
@@ -139,6 +141,10 @@ class Transformer(nn.Module):
           (2 * cfg.diffusion_dim) ** -0.5), name='in_proj')
       self.time_in = nn.Dense(cfg.n_embd, use_bias=False, name='time_in')
       self.time_out = nn.Dense(cfg.n_embd, use_bias=False, name='time_out')
+      if cfg.conditioning:
+        self.known = self.param('known', nn.initializers.normal(1.0), (cfg.n_embd,))
+      if cfg.num_labels:  # one more row: "no label", for the unconditional half of guidance
+        self.label_embed = nn.Embed(cfg.num_labels + 1, cfg.n_embd, name='label_embed')
     self.blocks = nn.scan(
         nn.remat(Block), variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(
@@ -163,11 +169,14 @@ class Transformer(nn.Module):
       E = E * jax.lax.rsqrt(jnp.sum(E * E, -1, keepdims=True) + 1e-12) * math.sqrt(E.shape[-1])
     return E
 
-  def __call__(self, inputs, lam_B=None, x0_prev_BLE=None):
+  def __call__(self, inputs, lam_B=None, x0_prev_BLE=None, known_BL=None, label_B=None):
     """Logits (B, L, V), float32.
 
     Diffusion: inputs = z_t (B, L, E), lam_B, and optionally the previous estimate of x0 for
-    self-conditioning (zeros when there is none). AR: inputs = token ids (B, L).
+    self-conditioning (zeros when there is none), the mask of known positions (whose inputs
+    the caller has set to their clean embeddings, `conditioning.inject`; they get the learned
+    `known` vector) and the label ids (None or `num_labels`: no label). AR: inputs = token ids
+    (B, L).
     """
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     L = inputs.shape[1]
@@ -180,7 +189,17 @@ class Transformer(nn.Module):
       if x0_prev_BLE is None:
         x0_prev_BLE = jnp.zeros_like(inputs)
       x_BLD = self.in_proj(jnp.concatenate([inputs, x0_prev_BLE], -1))
+      if known_BL is not None:
+        if not cfg.conditioning:
+          raise ValueError('known positions given to a model trained without conditioning')
+        x_BLD = x_BLD + known_BL[..., None] * self.known
       cond_BC = self.time_out(nn.silu(self.time_in(time_features(lam_B))))
+      if cfg.num_labels:
+        if label_B is None:
+          label_B = jnp.full(lam_B.shape, cfg.num_labels, jnp.int32)
+        cond_BC = cond_BC + self.label_embed(label_B)
+      elif label_B is not None:
+        raise ValueError('labels given to a model trained without labels')
     x_BLD = rms_norm(x_BLD).astype(dt)
     x_BLD, _ = self.blocks(x_BLD, cond_BC, rope, None, None)
     logits_BLV = self.head(rms_norm(x_BLD)).astype(jnp.float32)

@@ -195,16 +195,17 @@ def proposal(state: dict) -> dict:
   return {k: state[k] for k in ('cdf', 'cdf_main', 'edges')}
 
 
-def update(state: dict, lam_N, ce_N, step, dc) -> dict:
-  """Add this step's rows (lambda, mean CE per token) to the running curve; at refresh steps
-  rebuild the proposal from it. `step` is the step just completed (1-based)."""
+def update(state: dict, lam_N, ce_N, step, dc, weight_N=None) -> dict:
+  """Add this step's rows (lambda, mean CE per token, optional weight) to the running curve;
+  at refresh steps rebuild the proposal from it. `step` is the step just completed (1-based)."""
   K = dc.proposal_bins
   edges = state['edges']
   b = bin_index(edges, lam_N)
   decay = dc.proposal_ema
+  w_N = jnp.ones_like(ce_N) if weight_N is None else weight_N
   new = dict(state,
-             ce=decay * state['ce'] + jnp.zeros((K,)).at[b].add(ce_N),
-             weight=decay * state['weight'] + jnp.zeros((K,)).at[b].add(1.0))
+             ce=decay * state['ce'] + jnp.zeros((K,)).at[b].add(ce_N * w_N),
+             weight=decay * state['weight'] + jnp.zeros((K,)).at[b].add(w_N))
   if dc.allocation == 'schedule':
     return new
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dlm import checkpoint, data, evaluate, losses, noise, sharding
+from dlm import checkpoint, data, evaluate, labels, losses, noise, sharding
 from dlm import config as config_lib
 from dlm import state as state_lib
 from dlm.errors import DlmError
@@ -37,8 +37,9 @@ def peak_flops(device) -> float | None:
   return max(matches) if matches and device.platform != 'cpu' else None
 
 
-def make_train_step(model, tx, c, accumulation: int):
-  """One optimiser update over `accumulation` micro-batches, all inside one jit.
+def make_train_step(model, tx, c, accumulation: int, patterns=None):
+  """One optimiser update over `accumulation` micro-batches, all inside one jit. patterns:
+  the run's label (`labels.Label.patterns`), None without one.
 
   Gradients are summed by a lax.scan, so a checkpoint can never hold half an accumulation.
   """
@@ -52,7 +53,7 @@ def make_train_step(model, tx, c, accumulation: int):
     def micro(grad_sum, xs):
       tokens_BL, k = xs
       (_, (metrics, rows)), grads = jax.value_and_grad(losses.loss_fn, has_aux=True)(
-          params, model, tokens_BL, k, c, q)
+          params, model, tokens_BL, k, c, q, patterns)
       return jax.tree.map(jnp.add, grad_sum, grads), (metrics, rows)
 
     grads, (metrics, rows) = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params),
@@ -67,7 +68,8 @@ def make_train_step(model, tx, c, accumulation: int):
       new['ema'] = state_lib.ema_update(state['ema'], new['params'], ema_decay)
     if 'noise' in state:  # the running CE curve, and at refresh steps a new proposal
       new['noise'] = noise.update(state['noise'], rows['lam'].reshape(-1),
-                                  rows['ce'].reshape(-1), new['step'], c.diffusion)
+                                  rows['ce'].reshape(-1), new['step'], c.diffusion,
+                                  rows['weight'].reshape(-1))
     return new, metrics
   return train_step
 
@@ -162,7 +164,12 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
 
   batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
-  step_fn = jax.jit(make_train_step(model, tx, c, accumulation),
+  label = None if mcfg.causal else labels.build(c.data.label, tok)
+  if label is not None:
+    log(f'label: {label.spec}, values {", ".join(label.values)} (dropped from '
+        f'{c.diffusion.label_dropout:.0%} of rows for guidance)')
+  step_fn = jax.jit(make_train_step(model, tx, c, accumulation,
+                                    None if label is None else jnp.asarray(label.patterns)),
                     in_shardings=(rep, batch_sh, rep), out_shardings=(rep, rep),
                     donate_argnums=(0,))
   eval_config = ml_collections.FrozenConfigDict(c)
