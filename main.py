@@ -3,6 +3,10 @@
   python main.py --config configs/quickstart.py                  # train (resumes if possible)
   python main.py --mode=sample --workdir=runs/quickstart --num_samples=4 --num_steps=100
   python main.py --mode=eval --workdir=runs/quickstart --eval_tokens=16384 --batch_size=32
+  python main.py --mode=sample --workdir=runs/quickstart --prompt="Once upon a time"
+  python main.py --mode=sample --workdir=runs/quickstart \
+      --infill="Once upon a time [MASK:24] and they lived happily ever after."
+  python main.py --mode=sample --workdir=runs/guided --label=yes --guidance=2
 """
 
 import json
@@ -49,6 +53,13 @@ _SAMPLER = flags.DEFINE_string('sampler', '', 'ancestral | ddim | dpm++2m (empty
 _SCORE_TEMPERATURE = flags.DEFINE_float('score_temperature', 0.0,
                                         'Divides the implied score (Plaid; 0: config).')
 _SELF_CONDITION = flags.DEFINE_string('self_condition', '', 'previous | fresh (empty: config).')
+_PROMPT = flags.DEFINE_string('prompt', '', 'sample: text every sample continues.')
+_INFILL = flags.DEFINE_string('infill', '', 'sample (diffusion): a template whose [MASK:n] / '
+                              '[MASK] placeholders the samples fill; the rest is kept verbatim.')
+_LABEL = flags.DEFINE_string('label', '', 'sample (diffusion): a value of the run\'s data.label '
+                             'to steer towards (e.g. yes for keyword:WORD).')
+_GUIDANCE = flags.DEFINE_float('guidance', None, 'Classifier-free guidance scale with --label '
+                               '(0: unconditional, 1: conditional; default: config).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-process run (launch/).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 '
                                    '(default: detected on TPU pods, SLURM, Open MPI).')
@@ -67,8 +78,14 @@ def _print_samples(records) -> None:
   for r in records:
     how = (f'{r["num_steps"]} {r["sampler"]} steps' if 'num_steps' in r
            else f'top-p {r["top_p"]}')
+    if 'label' in r:
+      how += f', label {r["label"]} at guidance {r["guidance"]:g}'
+    if 'attribute' in r:
+      how += f'; reads as {r["attribute"]}'
     print(f'--- sample {r["index"]} (seed {r["seed"]}, {how}) ---')
     print(r['text'])
+    if 'fills' in r:
+      print('fills: ' + ' | '.join(repr(f) for f in r['fills']))
 
 
 def _sample(workdir: str) -> None:
@@ -78,7 +95,8 @@ def _sample(workdir: str) -> None:
   records = sampling.generate(run, num_samples=_NUM_SAMPLES.value or run.config.sample.num_samples,
                               seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
                               temperature=_TEMPERATURE.value, seed=_SEED.value,
-                              top_p=_TOP_P.value, **_sampler_flags())
+                              top_p=_TOP_P.value, prompt=_PROMPT.value, infill=_INFILL.value,
+                              label=_LABEL.value, guidance=_GUIDANCE.value, **_sampler_flags())
   _print_samples(records)
   _print_stats(run, records)
   if _OUTPUT.value:
@@ -118,6 +136,10 @@ def _check_sample_flags(run) -> None:
     raise DlmError('--num_samples, --seq_len, --num_steps and --temperature must be positive')
   if not 0 <= _TOP_P.value <= 1:
     raise DlmError('--top_p must be in (0, 1]')
+  if _GUIDANCE.value is not None and _GUIDANCE.value < 0:
+    raise DlmError(f'--guidance={_GUIDANCE.value:g}: the guidance scale must be >= 0')
+  if _GUIDANCE.value is not None and not _LABEL.value:
+    raise DlmError('--guidance steers towards a --label: give one (e.g. --label=yes)')
 
 
 def _eval(workdir: str) -> None:

@@ -116,7 +116,9 @@ def template(tokenizer, text: str, seq_len: int, default_len: int, prefix: str =
   pieces = PLACEHOLDER.split(full)  # text, n, text, n, ..., text (n None for a bare [MASK])
   for piece in pieces[::2]:
     if '[MASK' in piece:
-      bad = piece[piece.index('[MASK'):][:16]
+      at = piece.index('[MASK')
+      close = piece.find(']', at)
+      bad = piece[at:close + 1 if close >= 0 else at + 12]
       raise DlmError(f'malformed placeholder {bad!r} in the template: write [MASK] or [MASK:n] '
                      'with n >= 1')
   if len(pieces) == 1:
