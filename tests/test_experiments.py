@@ -145,3 +145,17 @@ def test_ablate_groups_training_and_sampling_variants(compared, tmp_path):
   assert r['runs']['base']['variants'] == ['previous', 'fresh']
   report = (tmp_path / 'report.md').read_text()
   assert 'previous / fresh' in report and 'nan' not in report.lower()
+
+
+def test_guidance_reports_success_quality_and_cost_per_scale(compared, tmp_path):
+  from dlm.experiments import guidance
+  r = guidance.guidance(tiny_config(), 'keyword:the', str(tmp_path), preset='tiny',
+                        scorer_workdir=str(compared / 'scorer'), scales=(0.0, 2.0),
+                        log=lambda *a, **k: None)
+  assert [x['guidance'] for x in r['scales']] == [0.0, 2.0]
+  for x in r['scales'] + [r['held_out']]:
+    assert 0 <= x['success_rate'] <= 1 and math.isfinite(x['gen_ppl'])
+  assert r['speed']['guided_cost_ratio'] > 0
+  report = (tmp_path / 'report.md').read_text()
+  assert '| 2 |' in report and 'base rate' in report and 'nan' not in report.lower()
+  assert (tmp_path / 'guidance.png').stat().st_size > 1000
