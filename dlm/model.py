@@ -10,7 +10,10 @@ Two switches make the two model families:
   2023 "Analog Bits"; zeros when absent), projected up to the model width; the diffusion time (as log-SNR) enters every
   layer through a zero-initialised scale/shift modulation of its pre-norm activations (DiT's
   adaLN, Peebles & Xie 2023). The output logits are added to the independent-token posterior
-  `diffusion.prior_logits`, so the network learns only the correction.
+  `diffusion.prior_logits`, so the network learns only the correction. Conditioning
+  (`dlm.conditioning`): known positions carry their clean embeddings plus a learned `known`
+  vector; a label (`dlm.labels`) adds a learned embedding to the time conditioning, with one
+  extra row meaning "no label" for the unconditional half of classifier-free guidance.
 - `causal=True` (autoregressive): the input is token ids, attention is causal, no time input.
 
 Tensors in the hot code are named with their shapes: B batch, L length, D width, H heads,

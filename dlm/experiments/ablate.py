@@ -6,7 +6,7 @@
 Sweeps: allocation (the seed's cosine schedule with uniform times / LangFlow's Gumbel /
 the adaptive CE-following proposal), dim (diffusion_dim 16 / 32 / 64 / 128), path (vp / flow),
 sampler (ancestral / ddim / dpm++2m), steps (sampling steps 8 / 32 / 128 / 512),
-self_condition (off / previous / fresh), conditioning (0 / 25 / 50% of rows trained with
+self_condition (off / previous / fresh), conditioning (0 / 10 / 25 / 50% of rows trained with
 known tokens; the bound stays the unconditional one), and the seed's list: schedule (linear / cosine /
 sqrt), diffusion_steps (T = 100 / 500 / 1000), depth (4 / 8 / 12), parameterization (eps / x0 /
 v, under the mse loss where it matters), embed_norm (normalised embeddings on / off). schedule
@@ -53,7 +53,7 @@ SWEEPS = {
     'embed_norm': [(f'normalize={v}', {'diffusion.normalize_embeddings': v})
                    for v in (True, False)],
     'conditioning': [(f'{f:.0%} conditioned', {'diffusion.condition_fraction': f})
-                     for f in (0.0, 0.25, 0.5)],
+                     for f in (0.0, 0.1, 0.25, 0.5)],
 }
 
 
