@@ -12,7 +12,7 @@ Two switches make the two model families:
   adaLN, Peebles & Xie 2023). The output logits are added to the independent-token posterior
   `diffusion.prior_logits`, so the network learns only the correction. Conditioning
   (`dlm.conditioning`): known positions carry their clean embeddings plus a learned `known`
-  vector; a label (`dlm.labels`) adds a learned embedding to the time conditioning, with one
+  vector; a label (`dlm.labels`) adds a learned embedding to every position's input, with one
   extra row meaning "no label" for the unconditional half of classifier-free guidance.
 - `causal=True` (autoregressive): the input is token ids, attention is causal, no time input.
 
@@ -147,7 +147,8 @@ class Transformer(nn.Module):
       if cfg.conditioning:
         self.known = self.param('known', nn.initializers.normal(1.0), (cfg.n_embd,))
       if cfg.num_labels:  # one more row: "no label", for the unconditional half of guidance
-        self.label_embed = nn.Embed(cfg.num_labels + 1, cfg.n_embd, name='label_embed')
+        self.label_table = self.param('label', nn.initializers.normal(1.0),
+                                      (cfg.num_labels + 1, cfg.n_embd))
     self.blocks = nn.scan(
         nn.remat(Block), variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(
@@ -196,13 +197,16 @@ class Transformer(nn.Module):
         if not cfg.conditioning:
           raise ValueError('known positions given to a model trained without conditioning')
         x_BLD = x_BLD + known_BL[..., None] * self.known
-      cond_BC = self.time_out(nn.silu(self.time_in(time_features(lam_B))))
       if cfg.num_labels:
+        # Added to every position's input like a token embedding: a direct path. Through the
+        # zero-initialised time modulation instead, a keyword label had no measurable effect
+        # on TinyStories after 500 steps (success 12.5% at every guidance scale).
         if label_B is None:
           label_B = jnp.full(lam_B.shape, cfg.num_labels, jnp.int32)
-        cond_BC = cond_BC + self.label_embed(label_B)
+        x_BLD = x_BLD + self.label_table[label_B][:, None, :]
       elif label_B is not None:
         raise ValueError('labels given to a model trained without labels')
+      cond_BC = self.time_out(nn.silu(self.time_in(time_features(lam_B))))
     x_BLD = rms_norm(x_BLD).astype(dt)
     x_BLD, _ = self.blocks(x_BLD, cond_BC, rope, None, None)
     logits_BLV = self.head(rms_norm(x_BLD)).astype(jnp.float32)
