@@ -19,7 +19,6 @@ from optax.contrib import MuonDimensionNumbers, scale_by_muon
 # (regex on the '/'-joined parameter path, group). First match wins.
 GROUP_RULES = (
     (r'(^|/)(embed|wte)$', 'embedding'),
-    (r'(^|/)label$', 'label'),  # label embeddings: learned from data like token embeddings
     (r'(^|/)head/', 'unembedding'),
     (r'(^|/)blocks/(q|k|v|attn_out|mlp_in|mlp_out)/kernel$', 'matrix'),
     (r'.*', 'other'),  # input projection, time MLP, per-layer modulation
@@ -87,7 +86,6 @@ def make_optimizer(tc, n_embd: int, learn_embeddings: bool = True):
       'matrix': muon,
       'embedding': adamw(tc.embedding_lr) if learn_embeddings else optax.set_to_zero(),
       'unembedding': adamw(tc.unembedding_lr),
-      'label': adamw(tc.embedding_lr),
       'other': adamw(tc.other_lr),
   }
   chain = [optax.partition(transforms, param_groups)]
