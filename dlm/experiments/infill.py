@@ -102,8 +102,12 @@ def diffusion_fill(run, windows: np.ndarray, known: np.ndarray, key, temperature
   """(the windows with their unknown positions drawn by the diffusion run, its settings)."""
   N, L = windows.shape
   B = min(batch, N)
-  kwargs, settings = sampling._prepare(run, B, L, 0, temperature, 0, '', None, 0.0, 0.0, '',
-                                       '', '', '', None)
+  # The run's own sample settings (sampler, steps, self-conditioning), as `sample_array` takes
+  # them, with the known tokens set below.
+  kwargs, settings = sampling._prepare(
+      run, B, L, num_steps=0, temperature=temperature, seed=0, sampler='', clamp=None,
+      top_p=0.0, score_temperature=0.0, self_condition='', prompt='', infill='', label='',
+      guidance=None)
   known_by = 'trained' if run.model_config.conditioning else 'replace'
   settings.update(known_by=known_by)
   out = np.zeros_like(windows)
