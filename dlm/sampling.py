@@ -68,16 +68,16 @@ def sample_tokens(params, key, lam_steps, *, model, num_samples: int, seq_len: i
   z = jax.random.normal(k_init, (N, seq_len, E_VE.shape[-1]))
   if known_by:
     x0_known = E_VE[cond_tokens]
-  known_G = jnp.concatenate([known] * G) if known_by == 'trained' else None
-  label_G = None
+  known_in = known if known_by == 'trained' else None
+  labels_G = [None]  # branch labels: the conditional one first, then "no label"
   if branches:
-    label_G = jnp.full((N,), label, jnp.int32)
-    if branches == 2:  # conditional rows, then unconditional ("no label") rows
-      label_G = jnp.concatenate([label_G, jnp.full((N,), model.cfg.num_labels, jnp.int32)])
+    labels_G = [jnp.full((N,), label, jnp.int32)]
+    if branches == 2:
+      labels_G.append(jnp.full((N,), model.cfg.num_labels, jnp.int32))
 
-  def mix(x_G):
-    """The guided combination of the branches' (G, N, ...) values."""
-    return x_G[0] if G == 1 else x_G[1] + guidance * (x_G[0] - x_G[1])
+  def mix(xs):
+    """The guided combination of the branches' values (a list: conditional, unconditional)."""
+    return xs[0] if G == 1 else xs[1] + guidance * (xs[0] - xs[1])
 
   def hold(z, lam_t, k):
     """z with the known positions held (see known_by)."""
@@ -89,24 +89,26 @@ def sample_tokens(params, key, lam_steps, *, model, num_samples: int, seq_len: i
     return z
 
   def denoise(z, lam_t, x0_prev):
-    """(each branch's logits (G, N, L, V), the temperature-1 estimate to feed back)."""
-    z_G = jnp.concatenate([z] * G)
-    lam_G = jnp.full((G * N,), lam_t)
-    if self_condition == 'fresh':
-      x0_prev_G = diffusion.x0_from_logits(model.apply(params, z_G, lam_G, None, known_G,
-                                                       label_G), E_VE)
-    else:
-      x0_prev_G = jnp.concatenate([x0_prev] * G) if self_condition else None
-    logits_G = model.apply(params, z_G, lam_G, x0_prev_G, known_G, label_G)
-    logits_G = logits_G.reshape(G, N, *logits_G.shape[1:])
-    return logits_G, mix(diffusion.x0_from_logits(logits_G, E_VE))
+    """(each branch's logits (N, L, V), the temperature-1 estimate to feed back).
+
+    The branches run as separate forwards of N rows rather than one of 2N: on CPU the
+    batched form cost 4.0x the unguided sampler at N = 32, the separate ones about 2x."""
+    lam_N = jnp.full((N,), lam_t)
+    logits_G = []
+    for label_N in labels_G:
+      fed = x0_prev if self_condition else None
+      if self_condition == 'fresh':
+        fed = diffusion.x0_from_logits(model.apply(params, z, lam_N, None, known_in, label_N),
+                                       E_VE)
+      logits_G.append(model.apply(params, z, lam_N, fed, known_in, label_N))
+    return logits_G, mix([diffusion.x0_from_logits(l, E_VE) for l in logits_G])
 
   def estimate(z, lam_t, logits_G):
     """The x0 the update uses."""
     if clamp:
       x0_hat = E_VE[jnp.argmax(mix(logits_G), -1)]
     else:
-      x0_hat = mix(diffusion.x0_from_logits(logits_G, E_VE, temperature))
+      x0_hat = mix([diffusion.x0_from_logits(l, E_VE, temperature) for l in logits_G])
     return samplers.score_tempered(z, x0_hat, lam_t, score_temperature, path)
 
   def decoded(logits_G):
