@@ -21,5 +21,4 @@ def get_config():
   c.diffusion.prior_logits = False
   c.diffusion.self_condition = False
   c.diffusion.allocation = 'schedule'  # cosine, times uniform on the 1000-step grid
-  c.diffusion.condition_fraction = 0.0  # the seed has no conditioning
   return c

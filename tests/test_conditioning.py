@@ -20,7 +20,8 @@ quiet = lambda *a, **k: None
 def run(tmp_path_factory):
   """A tiny diffusion run trained with known tokens and a keyword label."""
   workdir = tmp_path_factory.mktemp('cond')
-  train.train(tiny_config(**{'data.label': 'keyword:the'}), str(workdir), log=quiet)
+  train.train(tiny_config(**{'data.label': 'keyword:the', 'diffusion.condition_fraction': 0.25}),
+              str(workdir), log=quiet)
   return checkpoint.load_run(str(workdir))
 
 

@@ -28,7 +28,8 @@ def _text(cell) -> str:
 
 def test_sampling_notebook_runs_on_a_tiny_labelled_run(tmp_path, monkeypatch):
   workdir = tmp_path / 'run'
-  c = tiny_config(**{'data.label': 'keyword:the', 'train.num_iterations': 6})
+  c = tiny_config(**{'data.label': 'keyword:the', 'diffusion.condition_fraction': 0.25,
+                     'train.num_iterations': 6})
   train.train(c, str(workdir), log=lambda *a, **k: None)
 
   # The kernel is a subprocess: it inherits these. It shares the tests' compilation cache, and
