@@ -18,7 +18,8 @@ GAPS = (2, 4, 14)  # 14 does not fit 16-token windows (n < L - 2)
 @pytest.fixture(scope='module')
 def filled(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('infill')
-  r = infill.infill(tiny_config(), str(workdir), preset='tiny', gaps=GAPS,
+  r = infill.infill(tiny_config(**{'diffusion.condition_fraction': 0.25}), str(workdir),
+                    preset='tiny', gaps=GAPS,
                     log=lambda *a, **k: None)
   return workdir, r
 
@@ -34,7 +35,7 @@ def test_infill_writes_report_plot_and_finite_results(filled):
   assert r['num_windows'] == infill.NUM_WINDOWS['tiny']
   for g in r['gaps']:
     assert g['start'] == (16 - g['gap']) // 2
-    assert g['settings']['diffusion']['known_by'] == 'trained'  # the default config conditions
+    assert g['settings']['diffusion']['known_by'] == 'trained'  # trained with known tokens
     for row in infill.ROWS:
       for region in infill.REGIONS:
         x = g['rows'][row][region]
