@@ -105,3 +105,14 @@ def test_changed_model_config_does_not_overwrite_an_existing_run(trained):
   _assert_one_line_error(_main(f'--config={path}', f'--workdir={trained}'),
                          'different model settings')
   assert (trained / 'config.json').read_text() == before
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--infill=no gap in this text'], 'the template has no placeholder'),
+    (['--label=yes'], 'trained without labels'),
+    (['--label=yes', '--guidance=-2'], '--guidance=-2: the guidance scale must be >= 0'),
+])
+def test_bad_conditions_on_the_command_line_are_one_line(trained, args, message):
+  proc = _main('--mode=sample', f'--workdir={trained}', '--num_samples=1', *args)
+  _assert_one_line_error(proc, message)
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
