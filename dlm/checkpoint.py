@@ -35,11 +35,14 @@ class Checkpoints:
     if read_only:
       logging.set_verbosity(logging.ERROR)
     try:
+      # Reading, the state is a PyTree item (the format StandardCheckpointHandler writes), so
+      # that a run can be loaded without its optimiser state (`restore_parts`).
       self.manager = ocp.CheckpointManager(
           self.directory,
           options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                                read_only=read_only),
-          item_handlers={'state': ocp.StandardCheckpointHandler(),
+          item_handlers={'state': ocp.PyTreeCheckpointHandler() if read_only
+                         else ocp.StandardCheckpointHandler(),
                          'data': grain.checkpoint.CheckpointHandler()})
     finally:
       logging.set_verbosity(verbosity)
@@ -56,18 +59,20 @@ class Checkpoints:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-  def _check_shapes(self, step: int, abstract_state) -> None:
-    """Compare parameter shapes with the checkpoint's metadata before reading any array: a
-    failed Orbax restore leaves its worker threads printing tracebacks."""
-    stored = self.manager.item_metadata(step)['state']['params']
-    want = {optim.param_path(p): x.shape for p, x in
-            jax.tree_util.tree_flatten_with_path(abstract_state['params'])[0]}
-    have = {optim.param_path(p): tuple(x.shape) for p, x in
-            jax.tree_util.tree_flatten_with_path(stored)[0]}
-    for name in sorted(set(want) | set(have)):
-      if want.get(name) != have.get(name):
-        raise DlmError(f'checkpoint {step} in {self.directory} does not match this config: '
-                       f'{name} is {have.get(name)} there and {want.get(name)} here')
+  def _check_shapes(self, step: int, abstract_state, parts: tuple[str, ...] = ('params',)) -> None:
+    """Compare the names and shapes of these parts of the state with the checkpoint's metadata
+    before reading any array: a failed Orbax restore leaves its worker threads printing
+    tracebacks, and a partial one would leave a missing leaf unrestored without a word."""
+    stored = self.manager.item_metadata(step)['state']
+    for part in parts:
+      want = {optim.param_path(p): x.shape for p, x in
+              jax.tree_util.tree_flatten_with_path(abstract_state[part])[0]}
+      have = {optim.param_path(p): tuple(x.shape) for p, x in
+              jax.tree_util.tree_flatten_with_path(stored.get(part, {}))[0]}
+      for name in sorted(set(want) | set(have)):
+        if want.get(name) != have.get(name):
+          raise DlmError(f'checkpoint {step} in {self.directory} does not match this config: '
+                         f'{part}/{name} is {have.get(name)} there and {want.get(name)} here')
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`; with `data_iterator`, also moves it to where it was at `step`."""
@@ -83,6 +88,21 @@ class Checkpoints:
       raise DlmError(f'checkpoint {step} in {self.directory} does not match this config '
                      f'({str(e).splitlines()[0][:200]})')
     return restored['state']
+
+  def restore_parts(self, step: int, abstract_state, parts: tuple[str, ...]):
+    """Only the named top-level parts of the state at `step` (e.g. params, noise), whatever
+    the rest holds: sampling and evaluation need no optimiser state, so a run stays loadable
+    when the optimiser's layout changes. Read-only managers only."""
+    self._check_shapes(step, abstract_state, parts)
+    target = {p: abstract_state[p] for p in parts}
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))
+    except (ValueError, KeyError) as e:
+      raise DlmError(f'checkpoint {step} in {self.directory} does not match this config '
+                     f'({" ".join(str(e).split())[:300]})')
+    return {p: restored['state'][p] for p in parts}
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -127,7 +147,9 @@ def load_run(workdir: str, checkpoint: int | None = None) -> Run:
   step = steps[-1] if checkpoint is None else checkpoint
   if step not in steps:
     raise DlmError(f'no checkpoint {step} in {workdir}; available: {sorted(steps)}')
-  state = ckpts.restore(step, abstract_state(init_fn, sharding.make_mesh()))
+  target = abstract_state(init_fn, sharding.make_mesh())
+  parts = ('ema' if 'ema' in target else 'params',) + (('noise',) if 'noise' in target else ())
+  state = ckpts.restore_parts(step, target, parts)
   ckpts.close()
   return Run(c, mcfg, model, state_lib.sampling_params(state), state_lib.proposal(state), tok,
              step, workdir)

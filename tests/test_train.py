@@ -2,6 +2,8 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from conftest import tiny_config
@@ -62,3 +64,22 @@ def test_memorises_a_handful_of_texts_and_samples_one_back_exactly(tmp_path, qui
   exact = [d for d in documents if d in texts]
   assert exact, f'no training text sampled back; got {documents[:4]}'
   assert len(exact) >= len(documents) // 2
+
+
+def test_loading_a_run_reads_weights_and_noise_only(tmp_path, quiet, monkeypatch):
+  """Sampling needs no optimiser state: a run loads after the optimiser's layout changed, and a
+  leaf the checkpoint lacks is named instead of silently left unrestored."""
+  import optax
+  import pytest
+  from dlm import noise, state
+  from dlm.errors import DlmError
+  train.train(tiny_config(), str(tmp_path / 'run'), log=quiet)
+  before = checkpoint.load_run(str(tmp_path / 'run'))
+  monkeypatch.setattr(state, 'make_optimizer', lambda *a, **k: optax.sgd(0.1))
+  after = checkpoint.load_run(str(tmp_path / 'run'))
+  for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)):
+    np.testing.assert_array_equal(a, b)
+  init_state = noise.init_state
+  monkeypatch.setattr(noise, 'init_state', lambda *a: {**init_state(*a), 'extra': jnp.zeros(3)})
+  with pytest.raises(DlmError, match='noise/extra is None there and'):
+    checkpoint.load_run(str(tmp_path / 'run'))
