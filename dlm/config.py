@@ -7,6 +7,7 @@ channels, unless n_embd / n_head / n_layer are given explicitly (non-zero).
 
 import json
 
+import jax
 import ml_collections
 
 from dlm import diffusion, labels, noise, samplers
@@ -27,7 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=0,        # 0: the tokenizer's (padded to a multiple of 64)
       diffusion_dim=64,    # width of the space the noise lives in, projected up to n_embd
       causal=False,        # True: the autoregressive baseline on the same backbone
-      dtype='float32',     # compute dtype; parameters stay float32
+      dtype='float32',     # compute dtype of every matmul; parameters stay float32
+      attention='auto',    # auto (cudnn on NVIDIA GPUs in bf16, else xla) | xla | cudnn
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
@@ -131,7 +133,21 @@ def model_config(c, vocab_size: int) -> ModelConfig:
       prior_logits=c.diffusion.prior_logits, learn_embeddings=c.diffusion.learn_embeddings,
       path=c.diffusion.path,
       conditioning=not m.causal and c.diffusion.condition_fraction > 0,
-      num_labels=len(labels.VALUES) if c.data.label and not m.causal else 0, dtype=m.dtype)
+      num_labels=len(labels.VALUES) if c.data.label and not m.causal else 0, dtype=m.dtype,
+      attention=attention(c))
+
+
+def attention(c) -> str:
+  """The attention implementation `model.attention` resolves to on this machine: cuDNN's
+  flash attention where it applies (an NVIDIA GPU, bf16, head dim a multiple of 8 up to 128),
+  XLA's otherwise."""
+  m = c.model
+  if m.attention != 'auto':
+    return m.attention
+  n_embd = m.n_embd or 64 * m.depth
+  head_dim = n_embd // (m.n_head or max(1, n_embd // 64))
+  fits = jax.default_backend() == 'gpu' and m.dtype == 'bfloat16'
+  return 'cudnn' if fits and head_dim % 8 == 0 and head_dim <= 128 else 'xla'
 
 
 def _require(ok: bool, message: str) -> None:
@@ -150,6 +166,11 @@ def validate(c, num_devices: int = 1) -> None:
   _require(m.sequence_len >= 2, 'model.sequence_len must be >= 2')
   _require(m.diffusion_dim >= 1, 'model.diffusion_dim must be >= 1')
   _require(m.dtype in ('float32', 'bfloat16'), f'model.dtype={m.dtype!r}: use float32 or bfloat16')
+  _require(m.attention in ('auto', 'xla', 'cudnn'),
+           f'model.attention={m.attention!r}: expected auto, xla or cudnn')
+  _require(m.attention != 'cudnn' or (jax.default_backend() == 'gpu' and m.dtype == 'bfloat16'),
+           f'model.attention=cudnn needs an NVIDIA GPU and model.dtype=bfloat16 (here: '
+           f'{jax.default_backend()}, {m.dtype}); use auto')
   _require(d.noise_schedule in diffusion.SCHEDULES,
            f'diffusion.noise_schedule={d.noise_schedule!r}: expected one of {diffusion.SCHEDULES}')
   _require(d.loss in ('ce', 'mse'), f'diffusion.loss={d.loss!r}: expected ce or mse')

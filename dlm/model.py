@@ -45,7 +45,8 @@ class ModelConfig:
   path: str = 'vp'
   conditioning: bool = False   # a learned marker for known (clean) positions
   num_labels: int = 0          # label values for classifier-free guidance (0: no labels)
-  dtype: str = 'float32'
+  dtype: str = 'float32'       # compute dtype of every matmul; parameters stay float32
+  attention: str = 'xla'       # xla | cudnn (flash attention on NVIDIA GPUs, bf16 / fp16)
 
   @property
   def head_dim(self) -> int:
@@ -99,7 +100,8 @@ class Block(nn.Module):
         n, use_bias=False, dtype=dt, kernel_init=kinit, name=name)
 
     if cond_BC is not None:
-      mod = nn.Dense(4 * D, use_bias=False, kernel_init=nn.initializers.zeros, name='modulation')
+      mod = nn.Dense(4 * D, use_bias=False, dtype=dt, kernel_init=nn.initializers.zeros,
+                     name='modulation')
       shift1, scale1, shift2, scale2 = jnp.split(mod(nn.silu(cond_BC))[:, None, :], 4, -1)
     else:
       shift1 = scale1 = shift2 = scale2 = 0.0
@@ -112,7 +114,8 @@ class Block(nn.Module):
     cos, sin = rope
     q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
     if cache is None:
-      att = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal)
+      att = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal,
+                                         implementation=cfg.attention)
     else:
       cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype),
                                                         pos, 1),
@@ -140,10 +143,10 @@ class Transformer(nn.Module):
     else:
       self.embed_table = self.param(
           'embed', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.diffusion_dim))
-      self.in_proj = nn.Dense(cfg.n_embd, use_bias=False, kernel_init=_uniform(
+      self.in_proj = nn.Dense(cfg.n_embd, use_bias=False, dtype=cfg.dtype, kernel_init=_uniform(
           (2 * cfg.diffusion_dim) ** -0.5), name='in_proj')
-      self.time_in = nn.Dense(cfg.n_embd, use_bias=False, name='time_in')
-      self.time_out = nn.Dense(cfg.n_embd, use_bias=False, name='time_out')
+      self.time_in = nn.Dense(cfg.n_embd, use_bias=False, dtype=cfg.dtype, name='time_in')
+      self.time_out = nn.Dense(cfg.n_embd, use_bias=False, dtype=cfg.dtype, name='time_out')
       if cfg.conditioning:
         self.known = self.param('known', nn.initializers.normal(1.0), (cfg.n_embd,))
       if cfg.num_labels:  # one more row: "no label", for the unconditional half of guidance
@@ -154,8 +157,8 @@ class Transformer(nn.Module):
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(
             cfg, name='blocks')
     # Zero head: uniform predictions at init, so the diffusion bound starts at exactly log2(V).
-    self.head = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=nn.initializers.zeros,
-                         name='head')
+    self.head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
+                         kernel_init=nn.initializers.zeros, name='head')
 
   def embedding(self):
     """The diffusion embedding table E (V, E), on the sphere of radius sqrt(E) when normalised.

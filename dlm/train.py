@@ -159,7 +159,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
     fpt *= 7 / 6  # the self-conditioning pass: a forward (2N) over half the batch, beside 6N
   kind = 'autoregressive' if mcfg.causal else 'diffusion'
   log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
-      f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}')
+      f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}, '
+      f'{mcfg.dtype} matmuls, {mcfg.attention} attention')
   log(f'batch: {B} sequences x {accumulation} accumulation x {L} tokens = '
       f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
 

@@ -88,3 +88,56 @@ def test_parameter_count_and_flops_rule():
   assert count_params(params, exclude_embeddings=True) == 2 * per_layer + 32 * 64
   assert count_params(params) == 2 * per_layer + 32 * 64 + 64 * 32
   assert flops_per_token(cfg, 1000) == 6000 + 12 * 2 * 2 * 16 * 8
+
+
+def _dot_dtypes(fn, *args, width: int):
+  """Operand dtypes of every dot_general in fn's jaxpr that touches the model width."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'dot_general':
+        if any(width in v.aval.shape for v in eqn.invars):
+          found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+      for param in eqn.params.values():  # the bodies of scan, remat, pjit, custom_vjp ...
+        for sub in (param if isinstance(param, (list, tuple)) else (param,)):
+          inner = getattr(sub, 'jaxpr', sub)
+          if hasattr(inner, 'eqns'):
+            walk(inner)
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def test_bfloat16_runs_every_width_matmul_in_bf16_and_trains_finitely(tmp_path):
+  """Under dtype=bfloat16 the head, input projection, time MLP and modulation run in bf16 too,
+  with float32 parameters; a short bf16 run keeps a finite loss."""
+  from conftest import tiny_config
+  from dlm import train
+  cfg = ModelConfig(vocab_size=128, n_layer=2, n_head=2, n_embd=48, sequence_len=8,
+                    diffusion_dim=16, dtype='bfloat16')
+  model = Transformer(cfg)
+  z, lam = jnp.zeros((2, 8, 16)), jnp.zeros((2,))
+  params = model.init(jax.random.key(0), z, lam)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  dtypes = _dot_dtypes(lambda p: model.apply(p, z, lam), params, width=48)
+  assert len(dtypes) >= 8 and all(d == ('bfloat16', 'bfloat16') for d in dtypes), dtypes
+  assert model.apply(params, z, lam).dtype == jnp.float32
+  result = train.train(tiny_config(**{'model.dtype': 'bfloat16', 'train.num_iterations': 4}),
+                       str(tmp_path), log=lambda *a, **k: None)
+  assert np.isfinite(result['val_loss']) and np.isfinite(result['bits_per_token'])
+
+
+def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
+  import pytest
+  from dlm import config as config_lib
+  from dlm.errors import DlmError
+  c = config_lib.base_config()
+  c.model.dtype = 'bfloat16'
+  assert config_lib.attention(c) == ('cudnn' if jax.default_backend() == 'gpu' else 'xla')
+  c.model.attention = 'cudnn'
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(DlmError, match='model.attention=cudnn needs an NVIDIA GPU'):
+      config_lib.validate(c)
+  c.model.attention = 'flash'
+  with pytest.raises(DlmError, match="model.attention='flash'"):
+    config_lib.validate(c)
