@@ -161,6 +161,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}, '
       f'{mcfg.dtype} matmuls, {mcfg.attention} attention')
+  log(memory_report(state, n_dev))
   log(f'batch: {B} sequences x {accumulation} accumulation x {L} tokens = '
       f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
 
@@ -201,6 +202,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   # ---- the loop: dispatch step N, then read back step N-1's metrics -------------------
   T = c.train.num_iterations
   last_logged = (start, time.perf_counter())
+  began = last_logged[1]
 
   def report(done: int, metrics) -> None:
     nonlocal last_logged
@@ -212,8 +214,11 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       record['tokens_per_sec'] = (done - last_logged[0]) * tokens_per_step / (now - last_logged[1])
       if peak:
         record['mfu'] = record['tokens_per_sec'] * fpt / (peak * n_dev)
+    record['elapsed_s'] = now - began
+    if 'tokens_per_sec' in record:  # the rate of the last interval, compilation excluded
+      record['eta_s'] = (T - done) * tokens_per_step / record['tokens_per_sec']
     last_logged = (done, now)
-    _log_step(log, record)
+    _log_step(log, record, T)
     metrics_log.write(record)
 
   pending = None
@@ -245,10 +250,33 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   return result
 
 
-def _log_step(log, r: dict) -> None:
-  parts = [f'step {r["step"]}', f'loss {r["loss"]:.4f}']
+def _log_step(log, r: dict, total: int) -> None:
+  parts = [f'step {r["step"]}/{total}', f'loss {r["loss"]:.4f}']
   for name, fmt in (('embed_norm', '.3f'), ('grad_norm', '.3f'), ('tokens_per_sec', ',.0f'),
                     ('mfu', '.1%')):
     if name in r:
       parts.append(f'{name} {r[name]:{fmt}}')
+  parts.append(f'{_clock(r["elapsed_s"])} elapsed'
+               + (f', ETA {_clock(r["eta_s"])}' if 'eta_s' in r else ''))
   log(' | '.join(parts))
+
+
+def _clock(seconds: float) -> str:
+  s = int(round(seconds))
+  return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
+
+
+def memory_report(state, num_devices: int) -> str:
+  """Bytes of the parameters, optimiser state and EMA that the first device holds: what FSDP
+  would divide and data parallelism replicates."""
+  device = jax.devices()[0]
+
+  def on_device(tree) -> float:
+    return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+               if s.device == device)
+
+  parts = [f'parameters {on_device(state["params"]) / 2**20:.1f} MiB',
+           f'optimiser {on_device(state["opt_state"]) / 2**20:.1f} MiB']
+  if 'ema' in state:
+    parts.append(f'EMA {on_device(state["ema"]) / 2**20:.1f} MiB')
+  return f'memory per device: {", ".join(parts)} (state replicated over {num_devices} device(s))'

@@ -83,3 +83,17 @@ def test_loading_a_run_reads_weights_and_noise_only(tmp_path, quiet, monkeypatch
   monkeypatch.setattr(noise, 'init_state', lambda *a: {**init_state(*a), 'extra': jnp.zeros(3)})
   with pytest.raises(DlmError, match='noise/extra is None there and'):
     checkpoint.load_run(str(tmp_path / 'run'))
+
+
+def test_the_log_shows_progress_eta_and_memory_per_device(tmp_path):
+  lines = []
+  train.train(tiny_config(**{'train.num_iterations': 4}), str(tmp_path),
+              log=lambda *a, **k: lines.append(' '.join(map(str, a))))
+  memory = [l for l in lines if l.startswith('memory per device:')]
+  assert len(memory) == 1 and 'parameters' in memory[0] and 'optimiser' in memory[0]
+  steps = [l for l in lines if l.startswith('step ') and '/4 |' in l]
+  assert [l.split()[1] for l in steps] == ['1/4', '2/4', '3/4', '4/4']
+  assert all('elapsed' in l for l in steps) and 'ETA' in steps[-1]
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(l) for l in f if '"loss"' in l]
+  assert records[-1]['eta_s'] == 0 and records[-1]['elapsed_s'] > 0
