@@ -1,0 +1,174 @@
+"""`python -m dlm.bench`: how fast the diffusion model and its AR twin run on this machine.
+
+  python -m dlm.bench --config configs/d12.py [--batch=64] [--steps=10] [--output=bench.json]
+
+For the config's diffusion model and its AR twin (`experiments.twin`: same data shapes, matched
+non-embedding parameters) it compiles and then times, after a warm-up call:
+- the train step (one micro-batch of `--batch` sequences, no accumulation): tokens/s and MFU
+  (nanochat's 6N + attention flops rule, `model.flops_per_token`; the diffusion model's extra
+  self-conditioning half-forward counted; peak from `train.PEAK_FLOPS`, none on CPU);
+- the evaluation step (the diffusion bound with `eval.bound_samples` draws per sequence, the
+  AR model's exact NLL) on `eval.batch_size` sequences;
+- sampling `sequence_len` tokens at batch 1 and at `--batch`: the diffusion sampler in
+  `sample.num_steps` steps, the AR twin's key/value-cache decoding.
+Each figure is the median of `--steps` timed calls; compile time is lowering plus compilation;
+peak device memory comes from the runtime where it reports one (GPUs, TPUs; not CPUs). Random
+tokens stand in for data: speed does not depend on them. Side-by-side ratios (diffusion ÷ AR)
+are printed at the end; on a shared machine only they mean much.
+"""
+
+import functools
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dlm import config as config_lib
+from dlm import evaluate, noise, sampling, sharding, state as state_lib
+from dlm.errors import DlmError
+from dlm.experiments import twin
+from dlm.model import count_params, flops_per_token
+from dlm.train import make_train_step, peak_flops
+
+
+def _timed(fn, args, repeats: int) -> tuple[float, float]:
+  """(compile seconds, median seconds per call) of a jitted fn, after one warm-up call."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return compile_s, float(np.median(times))
+
+
+def _peak_memory() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def bench_family(c, batch: int, repeats: int, log=print) -> dict:
+  """Train / eval / sampling timings of the model that config c describes."""
+  c.train.total_batch_size = 0  # one micro-batch per step: the step's own speed
+  c.train.device_batch_size = max(1, batch // jax.device_count())
+  config_lib.validate(c, jax.device_count())
+  mcfg = config_lib.model_config(c, twin.planned_vocab(c))
+  model, tx, init_fn = state_lib.create(mcfg, c)
+  mesh = sharding.make_mesh()
+  rep = sharding.replicated(mesh)
+  state = jax.jit(init_fn, out_shardings=rep)(jax.random.key(0))
+  L, V, B = mcfg.sequence_len, mcfg.vocab_size, c.train.device_batch_size * jax.device_count()
+  rng = np.random.default_rng(0)
+  tokens = lambda n: jnp.asarray(rng.integers(0, V, (n, L)), jnp.int32)
+  family = 'autoregressive' if mcfg.causal else 'diffusion'
+  out = {'family': family, 'n_layer': mcfg.n_layer, 'n_embd': mcfg.n_embd,
+         'non_embedding_params': count_params(state['params'], exclude_embeddings=True),
+         'batch': B, 'sequence_len': L, 'dtype': mcfg.dtype, 'attention': mcfg.attention}
+
+  step = jax.jit(make_train_step(model, tx, c, 1), in_shardings=(rep, rep, rep),
+                 out_shardings=(rep, rep))
+  batch_1BL = tokens(B)[None]
+  compile_s, step_s = _timed(step, (state, batch_1BL, jax.random.key(1)), repeats)
+  fpt = flops_per_token(mcfg, out['non_embedding_params'])
+  if not mcfg.causal and c.diffusion.self_condition:
+    fpt *= 7 / 6
+  peak = peak_flops(jax.devices()[0])
+  tps = B * L / step_s
+  out['train'] = {'compile_s': compile_s, 'step_s': step_s, 'tokens_per_sec': tps,
+                  'mfu': tps * fpt / (peak * jax.device_count()) if peak else None}
+  log(f'{family}: train step {step_s * 1e3:.1f} ms, {tps:,.0f} tokens/s (compile {compile_s:.1f} s)')
+
+  params, q = state['params'], state_lib.proposal(state)
+  eb = c.eval.batch_size
+  if mcfg.causal:
+    fn = jax.jit(functools.partial(evaluate.ar_nll_nats, model=model))
+    args = (params, tokens(eb), jnp.zeros((eb,), jnp.int32))
+  else:
+    fn = jax.jit(functools.partial(evaluate.diffusion_bound_nats, model=model,
+                                   num_samples=c.eval.bound_samples,
+                                   self_condition=c.diffusion.self_condition))
+    args = (params, tokens(eb), jax.random.key(2), q)
+  compile_s, eval_s = _timed(fn, args, repeats)
+  out['eval'] = {'compile_s': compile_s, 'step_s': eval_s, 'tokens_per_sec': eb * L / eval_s,
+                 'batch': eb}
+  log(f'{family}: eval step {eval_s * 1e3:.1f} ms at batch {eb}')
+
+  out['sample'] = {}
+  for n in sorted({1, B}):
+    if mcfg.causal:
+      fn = jax.jit(functools.partial(sampling.sample_ar_tokens, model=model, num_samples=n,
+                                     seq_len=L, bos_id=0))
+      args = (params, jax.random.key(3))
+    else:
+      sc = c.sample
+      fn = jax.jit(functools.partial(
+          sampling.sample_tokens, model=model, num_samples=n, seq_len=L, sampler=sc.sampler,
+          self_condition=sc.self_condition if c.diffusion.self_condition else ''))
+      args = (params, jax.random.key(3), noise.steps(q, sc.num_steps))
+    compile_s, sample_s = _timed(fn, args, max(1, repeats // 3))
+    out['sample'][f'batch_{n}'] = {'compile_s': compile_s, 'seconds': sample_s,
+                                   'samples_per_sec': n / sample_s}
+    how = 'KV-cache decoding' if mcfg.causal else f'{c.sample.num_steps} steps'
+    log(f'{family}: {L} tokens at batch {n} ({how}) in {sample_s:.3f} s')
+  out['peak_memory_bytes'] = _peak_memory()
+  return out
+
+
+def bench(c, batch: int = 0, repeats: int = 10, log=print) -> dict:
+  """Both families of config c, then the diffusion ÷ AR ratios."""
+  import copy
+  if repeats < 1:
+    raise DlmError('--steps must be >= 1')
+  c = copy.deepcopy(c)
+  c.model.causal = False
+  batch = batch or c.train.device_batch_size * jax.device_count()
+  if batch < 1:
+    raise DlmError('--batch must be >= 1')
+  ar = twin.ar_twin(c)
+  result = {'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
+            'num_devices': jax.device_count(),
+            'diffusion': bench_family(c, batch, repeats, log),
+            'autoregressive': bench_family(ar, batch, repeats, log)}
+  d, a = result['diffusion'], result['autoregressive']
+  result['ratios'] = {
+      'train_time_per_token': a['train']['tokens_per_sec'] / d['train']['tokens_per_sec'],
+      **{f'sample_time_{k}': d['sample'][k]['seconds'] / a['sample'][k]['seconds']
+         for k in d['sample']}}
+  r = result['ratios']
+  log(f'diffusion / AR twin: train time per token {r["train_time_per_token"]:.2f}x; '
+      + ', '.join(f'sampling {k.split("_", 2)[2].replace("_", " ")} {v:.2f}x'
+                  for k, v in r.items() if k.startswith('sample')))
+  return result
+
+
+if __name__ == '__main__':
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config to time.')
+  _BATCH = flags.DEFINE_integer('batch', 0, 'Sequences per train step and the full sampling '
+                                'batch (0: device_batch_size x devices).')
+  _STEPS = flags.DEFINE_integer('steps', 10, 'Timed calls per figure (median).')
+  _OUTPUT = flags.DEFINE_string('output', '', 'Write the figures here as JSON.')
+
+  def main(argv):
+    del argv
+    logging.set_verbosity(logging.ERROR)
+    try:
+      if _CONFIG.value is None:
+        raise DlmError('--config is required (e.g. configs/d12.py)')
+      result = bench(_CONFIG.value, _BATCH.value, _STEPS.value,
+                     log=functools.partial(print, flush=True))
+    except DlmError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+    if _OUTPUT.value:
+      with open(_OUTPUT.value, 'w') as f:
+        json.dump(result, f, indent=2)
+
+  app.run(main)
