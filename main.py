@@ -89,8 +89,9 @@ def _print_samples(records) -> None:
 
 
 def _sample(workdir: str) -> None:
-  from dlm import checkpoint, sampling
+  from dlm import checkpoint, sampling, train
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
+  train.enable_compilation_cache(run.config.train.compilation_cache)
   _check_sample_flags(run)
   records = sampling.generate(run, num_samples=_NUM_SAMPLES.value or run.config.sample.num_samples,
                               seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
@@ -144,10 +145,11 @@ def _check_sample_flags(run) -> None:
 
 def _eval(workdir: str) -> None:
   from tqdm import tqdm
-  from dlm import checkpoint, data, evaluate
+  from dlm import checkpoint, data, evaluate, train
   from dlm.errors import DlmError
   import ml_collections
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
+  train.enable_compilation_cache(run.config.train.compilation_cache)
   c = run.config
   if _BOUND_SAMPLES.value:
     if _BOUND_SAMPLES.value < 2:

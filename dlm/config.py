@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_batches=4,
       checkpoint_every=500,
       keep_checkpoints=3,
+      compilation_cache='~/.cache/dlm/jax',  # JAX's persistent compilation cache ('' off)
   ))
 
   c.data = ml_collections.ConfigDict(dict(

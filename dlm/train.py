@@ -37,6 +37,14 @@ def peak_flops(device) -> float | None:
   return max(matches) if matches and device.platform != 'cpu' else None
 
 
+def enable_compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache in `path` (a restart or a resumed run skips
+  recompiling the step, minutes for large models on accelerators), unless a cache directory
+  is set already (by the user, or by the tests)."""
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+
+
 def make_train_step(model, tx, c, accumulation: int, patterns=None):
   """One optimiser update over `accumulation` micro-batches, all inside one jit. patterns:
   the run's label (`labels.Label.patterns`), None without one.
@@ -119,6 +127,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   # ---- config and mesh -------------------------------------------------------------
   if not sharding.is_main_process():
     log = lambda *a, **k: None
+  enable_compilation_cache(c.train.compilation_cache)
   mesh = sharding.make_mesh()
   n_dev = jax.device_count()
   config_lib.validate(c, n_dev)

@@ -97,3 +97,15 @@ def test_the_log_shows_progress_eta_and_memory_per_device(tmp_path):
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [json.loads(l) for l in f if '"loss"' in l]
   assert records[-1]['eta_s'] == 0 and records[-1]['elapsed_s'] > 0
+
+
+def test_the_persistent_compilation_cache_is_on_unless_one_is_set(tmp_path, monkeypatch):
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update('jax_compilation_cache_dir', None)
+    train.enable_compilation_cache(str(tmp_path / 'cache'))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'cache')
+    train.enable_compilation_cache(str(tmp_path / 'other'))  # one set already is kept
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'cache')
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)
