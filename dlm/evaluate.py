@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlm import diffusion, losses, noise
+from dlm import diffusion, losses, noise, sharding
 from dlm.model import Transformer
 
 LN2 = float(np.log(2.0))
@@ -179,18 +179,19 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
   curve_lam, curve_ce = [], []
   batches = range(0, n, batch_size)
   for i in (progress(batches) if progress else batches):
-    tokens = jnp.asarray(windows[i:i + batch_size])
+    tokens = sharding.global_rows(windows[i:i + batch_size])  # data-parallel over the mesh
     k = jax.random.fold_in(key, i)
     objective.append(float(_objective(params, tokens, k, proposal, model=model,
                                       config=c)['loss']))
     if not bound:
       continue
     if model.cfg.causal:
-      nll = ar_nll_nats(params, tokens, jnp.asarray(prev[i:i + batch_size]), model=model)
-      per_seq[''].append(np.asarray(nll).sum(-1))
+      nll = ar_nll_nats(params, tokens, sharding.global_rows(prev[i:i + batch_size]),
+                        model=model)
+      per_seq[''].append(sharding.fetch(nll).sum(-1))
       continue
     for prefix, steps in (('', 0), ('discrete_', discrete_steps))[:2 if discrete else 1]:
-      terms = jax.device_get(diffusion_bound_nats(
+      terms = sharding.fetch(diffusion_bound_nats(
           params, tokens, k, proposal, model=model, num_samples=c.eval.bound_samples,
           self_condition=dc.self_condition, num_steps=steps))
       d = terms['diffusion']

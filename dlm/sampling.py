@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm import conditioning, diffusion, labels, noise, samplers
+from dlm import conditioning, diffusion, labels, noise, samplers, sharding
 from dlm.errors import DlmError
 from dlm.losses import embedding_table
 from dlm.model import Transformer, empty_cache
@@ -38,12 +38,12 @@ from dlm.model import Transformer, empty_cache
 
 @functools.partial(jax.jit, static_argnames=(
     'model', 'num_samples', 'seq_len', 'sampler', 'clamp', 'self_condition', 'known_by',
-    'branches', 'trajectory'))
+    'branches', 'trajectory', 'mesh'))
 def sample_tokens(params, key, lam_steps, *, model, num_samples: int, seq_len: int,
                   sampler: str = 'ancestral', temperature=1.0, score_temperature=1.0,
                   clamp: bool = False, self_condition: str = '', cond_tokens=None, known=None,
                   known_by: str = '', label=None, guidance=1.0, branches: int = 0,
-                  trajectory: bool = False):
+                  trajectory: bool = False, mesh=None):
   """Token ids (num_samples, seq_len) drawn by reverse diffusion through lam_steps (noisy to
   clean, `noise.steps`). self_condition: '' (off), 'previous' or 'fresh'.
 
@@ -59,13 +59,18 @@ def sample_tokens(params, key, lam_steps, *, model, num_samples: int, seq_len: i
 
   trajectory=True also returns, per step, the argmax ids and the entropy (nats) of each
   position's predicted token distribution, each (steps, N, L).
+
+  mesh: the samples are split over its data axis (data-parallel sampling, a per-device batch);
+  None keeps XLA's default placement.
   """
   E_VE = embedding_table(model, params)
   path = model.cfg.path
   N = num_samples
   G = max(branches, 1)
   k_init, k_steps = jax.random.split(key)
-  z = jax.random.normal(k_init, (N, seq_len, E_VE.shape[-1]))
+  spread = ((lambda x: jax.lax.with_sharding_constraint(x, sharding.rows(N, mesh, 0, x.ndim)))
+            if mesh is not None else (lambda x: x))
+  z = spread(jax.random.normal(k_init, (N, seq_len, E_VE.shape[-1])))
   if known_by:
     x0_known = E_VE[cond_tokens]
   known_in = known if known_by == 'trained' else None
@@ -125,6 +130,7 @@ def sample_tokens(params, key, lam_steps, *, model, num_samples: int, seq_len: i
     z = samplers.step(sampler, z, x0_hat, lam_t, lam_s, jax.random.normal(k_noise, z.shape),
                       path, x0_prev=x0_last, lam_prev=lam_last,
                       second_order=(i > 0) & (i < lam_steps.shape[0] - 2))
+    z = spread(z)
     out = None
     if trajectory:
       logp = jax.nn.log_softmax(mix(logits_G), -1)
@@ -155,9 +161,9 @@ def top_p_sample(key, logits_BV, temperature=1.0, top_p=1.0):
   return jnp.take_along_axis(order_BV, index_B[:, None], -1)[:, 0].astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_samples', 'seq_len'))
+@functools.partial(jax.jit, static_argnames=('model', 'num_samples', 'seq_len', 'mesh'))
 def sample_ar_tokens(params, key, *, model, num_samples: int, seq_len: int, bos_id: int,
-                     temperature=1.0, top_p=1.0, cond_tokens=None, known=None):
+                     temperature=1.0, top_p=1.0, cond_tokens=None, known=None, mesh=None):
   """Token ids (num_samples, seq_len): `<|bos|>` then seq_len - 1 tokens drawn left to right.
 
   With a prompt (cond_tokens / known: a known prefix, `conditioning.prompt`), the prompt's
@@ -177,7 +183,12 @@ def sample_ar_tokens(params, key, *, model, num_samples: int, seq_len: int, bos_
     return (nxt_B, cache), nxt_B
 
   keys = jax.random.split(key, seq_len - 1)
-  _, rest_LB = jax.lax.scan(step, (first_B, empty_cache(model.cfg, N)),
+  cache = empty_cache(model.cfg, N)
+  if mesh is not None:  # data-parallel decoding: each device its rows of the cache
+    first_B = jax.lax.with_sharding_constraint(first_B, sharding.rows(N, mesh))
+    cache = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+        x, sharding.rows(N, mesh, 1, x.ndim)), cache)
+  _, rest_LB = jax.lax.scan(step, (first_B, cache),
                             (jnp.arange(seq_len - 1), keys))
   return jnp.concatenate([first_B[:, None], rest_LB.T], 1)
 
@@ -275,11 +286,11 @@ def sample_array(run, num_samples: int, seq_len: int = 0, num_steps: int = 0,
   key = jax.random.key(seed)
   if run.model_config.causal:
     tokens = sample_ar_tokens(run.params, key, model=run.model, **kwargs)
-    return np.asarray(tokens), settings
+    return sharding.fetch(tokens), settings
   out = sample_tokens(run.params, key, model=run.model, trajectory=trajectory, **kwargs)
   if trajectory:
-    return np.asarray(out[0]), settings, jax.tree.map(np.asarray, out[1])
-  return np.asarray(out), settings
+    return sharding.fetch(out[0]), settings, sharding.fetch(out[1])
+  return sharding.fetch(out), settings
 
 
 def _prepare(run, num_samples, seq_len, num_steps, temperature, seed, sampler, clamp, top_p,
@@ -293,8 +304,10 @@ def _prepare(run, num_samples, seq_len, num_steps, temperature, seed, sampler, c
   if cond is not None:
     settings.update(prompt=prompt, infill=infill)
   cond_tokens, known = conditioning.batch(cond, num_samples, L)
-  cond_kwargs = {} if cond is None else dict(cond_tokens=jnp.asarray(cond_tokens),
-                                             known=jnp.asarray(known))
+  mesh = sharding.make_mesh()
+  cond_kwargs = {'mesh': mesh} if cond is None else dict(
+      mesh=mesh, cond_tokens=sharding.global_rows(cond_tokens, mesh),
+      known=sharding.global_rows(known, mesh))
   if run.model_config.causal:
     if label:
       raise DlmError(f'--label={label!r}: guidance needs a diffusion run trained with '

@@ -48,6 +48,34 @@ def batch_sharding(mesh, batch_axis: int = 0) -> NamedSharding:
   return NamedSharding(mesh, P(*spec))
 
 
+def rows(n: int, mesh=None, axis: int = 0, ndim: int = 1) -> NamedSharding:
+  """Axis `axis` of an ndim-array with n rows split over the data axis: evaluation and sampling
+  run data-parallel with a per-device batch. Replicated when n does not divide (batch 1)."""
+  mesh = mesh or make_mesh()
+  spec = [None] * ndim
+  if n % mesh.shape['data'] == 0:
+    spec[axis] = 'data'
+  return NamedSharding(mesh, P(*spec))
+
+
+def global_rows(x: np.ndarray, mesh=None) -> jax.Array:
+  """A batch every process holds in full (evaluation windows, sampling prompts) as one global
+  array split by rows over the mesh."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, rows(len(x), mesh, 0, x.ndim),
+                                      lambda index: x[index])
+
+
+def fetch(tree):
+  """Host copies of (possibly row-sharded) arrays, gathered from every process if need be."""
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(one, tree)
+
+
 def to_device(local: np.ndarray, sharding: NamedSharding):
   """This process's rows of a global batch -> one global jax.Array sharded over the mesh."""
   return jax.make_array_from_process_local_data(sharding, local)
