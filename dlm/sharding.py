@@ -1,9 +1,10 @@
 """The device mesh and where arrays live on it.
 
-One axis, 'data': the batch is split across every device of every process and the training
-state is replicated. One device is a mesh of one, so the same jitted step runs on a laptop, a
-GPU node or a pod. `jax.make_mesh` defaults to Explicit axes in current JAX; Auto keeps the
-classic GSPMD propagation that `jax.jit` with in/out shardings expects.
+One axis, 'data': training batches, evaluation windows and samples are split by rows across
+every device of every process (`rows`, `global_rows`), and the training state is replicated.
+One device is a mesh of one, so the same jitted code runs on a laptop, a GPU node or a pod.
+`jax.make_mesh` defaults to Explicit axes in current JAX; Auto keeps the classic GSPMD
+propagation that `jax.jit` with in/out shardings expects.
 """
 
 import jax
