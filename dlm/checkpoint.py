@@ -43,7 +43,8 @@ class Checkpoints:
                                                read_only=read_only),
           item_handlers={'state': ocp.PyTreeCheckpointHandler() if read_only
                          else ocp.StandardCheckpointHandler(),
-                         'data': grain.checkpoint.CheckpointHandler()})
+                         'data': grain.checkpoint.CheckpointHandler(),
+                         'layout': ocp.JsonCheckpointHandler()})
     finally:
       logging.set_verbosity(verbosity)
 
@@ -53,11 +54,35 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state, data_iterator=None, force: bool = False) -> None:
+  def save(self, step: int, state, data_iterator=None, force: bool = False,
+           layout: dict | None = None) -> None:
+    """layout: how the data iterator's position reads (windows per step, processes), which a
+    resumed run must match to continue the same data (`check_layout`)."""
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    if layout is not None:
+      items['layout'] = ocp.args.JsonSave(layout)
     self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def check_layout(self, step: int, layout: dict) -> None:
+    """Refuse to resume when the data position of checkpoint `step` means other windows here.
+
+    The iterator's state counts this process's batches, so it points at the same windows only
+    with the same windows per optimiser step and the same number of processes; the device
+    count and the split into micro-batches may change. Checkpoints without a layout (older
+    runs) are not checked."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), 'layout')):
+      return
+    saved = self.manager.restore(step, args=ocp.args.Composite(
+        layout=ocp.args.JsonRestore()))['layout']
+    diff = [f'{k} {saved.get(k)} there, {v} here' for k, v in layout.items()
+            if saved.get(k) != v]
+    if diff:
+      raise DlmError(f'checkpoint {step} in {self.directory} was written with another data '
+                     f'layout ({"; ".join(diff)}): resuming would repeat or skip data. Keep '
+                     'train.device_batch_size x devices x accumulation and the process count, '
+                     'or use a new --workdir')
 
   def _check_shapes(self, step: int, abstract_state, parts: tuple[str, ...] = ('params',)) -> None:
     """Compare the names and shapes of these parts of the state with the checkpoint's metadata

@@ -155,11 +155,13 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   model, tx, init_fn = state_lib.create(mcfg, c)
   rep = sharding.replicated(mesh)
   ckpts = checkpoint.Checkpoints(workdir, keep=c.train.keep_checkpoints)
+  layout = {'windows_per_step': B * accumulation, 'processes': jax.process_count()}
   start = ckpts.latest_step()
   if start is None:
     state = jax.jit(init_fn, out_shardings=rep)(jax.random.key(c.seed))
     start = 0
   else:
+    ckpts.check_layout(start, layout)
     state = ckpts.restore(start, checkpoint.abstract_state(init_fn, mesh), train_iter)
     log(f'resuming from checkpoint {start} in {workdir}')
   n_params = count_params(state['params'])
@@ -241,7 +243,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       log(f'step {step + 1}: val_loss {val:.4f}')
       metrics_log.write({'step': step + 1, 'val_loss': val, **curve_record(state)})
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
-      ckpts.save(step + 1, state, train_iter)
+      ckpts.save(step + 1, state, train_iter, layout=layout)
     if stop_after is not None and step + 1 >= stop_after:
       report(*pending)
       ckpts.close()
@@ -249,7 +251,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   if pending is not None:
     report(*pending)
   if ckpts.latest_step() != T:
-    ckpts.save(T, state, train_iter, force=True)
+    ckpts.save(T, state, train_iter, force=True, layout=layout)
   ckpts.close()
 
   # ---- final evaluation and a look at the samples --------------------------------------

@@ -1,5 +1,6 @@
-"""8 fake CPU devices in a subprocess: data-parallel training follows the 1-device run, and
-evaluation and sampling split their batches over the devices."""
+"""8 fake CPU devices in a subprocess: data-parallel training follows the 1-device run,
+evaluation and sampling split their batches over the devices, and a checkpoint written on 8
+devices resumes on 1 on the same loss curve."""
 
 import json
 import os
@@ -21,8 +22,11 @@ from dlm.experiments import common
 n = jax.device_count()
 c = tiny_config(**{'train.device_batch_size': 8 // n, 'train.num_iterations': 5,
                    'train.checkpoint_every': 5})
-workdir, out = sys.argv[1], sys.argv[2]
-train.train(c, workdir, log=lambda *a, **k: None)
+workdir, out, stop = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c.train.checkpoint_every = stop or 5
+train.train(c, workdir, log=lambda *a, **k: None, stop_after=stop or None)
+if stop:
+  sys.exit(0)
 losses = [r['loss'] for r in common.loss_curve(workdir) if 'loss' in r]
 run = checkpoint.load_run(workdir)
 rows = sharding.global_rows(np.zeros((8, 16), np.int32))
@@ -41,20 +45,29 @@ json.dump({'devices': n, 'losses': losses,
 '''
 
 
-def _run(tmp_path, devices: int) -> dict:
+def _run(tmp_path, devices: int, workdir: str, stop: int = 0) -> dict:
+  """Train (or resume) workdir on `devices` devices; stop > 0 stops after that step."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  out = tmp_path / f'{devices}.json'
-  proc = subprocess.run([sys.executable, '-c', _RUN, str(tmp_path / f'run{devices}'), str(out)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  out = tmp_path / f'{workdir}.json'
+  proc = subprocess.run([sys.executable, '-c', _RUN, str(tmp_path / workdir), str(out),
+                         str(stop)], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(out.read_text())
+  return None if stop else json.loads(out.read_text())
 
 
 def test_eight_devices_train_like_one_and_split_eval_and_sampling(tmp_path):
-  one, eight = _run(tmp_path, 1), _run(tmp_path, 8)
+  one, eight = _run(tmp_path, 1, 'one'), _run(tmp_path, 8, 'eight')
   assert (one['devices'], eight['devices']) == (1, 8)
   np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-4)
   assert eight['eval_rows_on'] == 8 and not eight['eval_rows_replicated']
   assert not eight['samples_replicated'] and eight['samples_shard_rows'] == 1
   np.testing.assert_allclose(eight['bits'], one['bits'], rtol=1e-4)
+
+
+def test_a_checkpoint_from_eight_devices_resumes_on_one_on_the_same_curve(tmp_path):
+  whole = _run(tmp_path, 1, 'whole')
+  _run(tmp_path, 8, 'moved', stop=3)
+  resumed = _run(tmp_path, 1, 'moved')
+  np.testing.assert_allclose(resumed['losses'][-2:], whole['losses'][-2:], rtol=1e-4)

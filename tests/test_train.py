@@ -109,3 +109,15 @@ def test_the_persistent_compilation_cache_is_on_unless_one_is_set(tmp_path, monk
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'cache')
   finally:
     jax.config.update('jax_compilation_cache_dir', before)
+
+
+def test_resuming_with_other_windows_per_step_is_refused_before_anything_changes(tmp_path):
+  import pytest
+  from dlm.errors import DlmError
+  c = tiny_config()
+  train.train(c, str(tmp_path), log=lambda *a, **k: None, stop_after=3)
+  before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+  c.train.device_batch_size = 2
+  with pytest.raises(DlmError, match='windows_per_step 4 there, 2 here'):
+    train.train(c, str(tmp_path), log=lambda *a, **k: None)
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
