@@ -68,6 +68,11 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (-1: detected
 
 
 def _workdir() -> str:
+  from dlm.errors import DlmError
+  if '://' in _WORKDIR.value:  # os.makedirs would make a local directory named 'gs:'
+    raise DlmError(f'--workdir={_WORKDIR.value}: remote URLs are not read or written directly '
+                   'yet; use a directory every host sees (a shared filesystem, or the bucket '
+                   'mounted with gcsfuse)')
   if _WORKDIR.value:
     return _WORKDIR.value
   name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]

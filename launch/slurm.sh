@@ -3,6 +3,7 @@
 # JAX reads the SLURM environment (node list, task id) to find process 0 and its peers.
 #
 #   sbatch --nodes=2 launch/slurm.sh --config configs/d12.py --config.data.path=DATA
+#   DRY_RUN=1 launch/slurm.sh --config configs/d12.py     # print what each node would run
 #
 #SBATCH --job-name=dlm
 #SBATCH --ntasks-per-node=1
@@ -10,7 +11,14 @@
 #SBATCH --cpus-per-task=16
 #SBATCH --time=24:00:00
 #SBATCH --output=dlm-%j.out
+#SBATCH --requeue
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
-# Requeued or preempted jobs rerun this same command: the run resumes from its last checkpoint.
-srun python main.py --distributed --workdir="${WORKDIR:-runs/slurm-$SLURM_JOB_NAME}" "$@"
+# A requeued (preempted) job reruns this same command and resumes from its last checkpoint;
+# the steps since that checkpoint are trained again.
+cmd=(python main.py --distributed --workdir="${WORKDIR:-runs/slurm-${SLURM_JOB_NAME:-dlm}}" "$@")
+if [[ -n "${DRY_RUN:-}" ]]; then
+  echo "each of ${SLURM_JOB_NUM_NODES:-the} node(s), one task: srun $(printf '%q ' "${cmd[@]}")"
+  exit 0
+fi
+srun "${cmd[@]}"
