@@ -135,10 +135,11 @@ class Checkpoints:
 
 
 def abstract_state(init_fn, mesh):
-  """Shapes and dtypes of the state, each leaf carrying the replicated sharding of this mesh."""
+  """Shapes and dtypes of the state, each leaf carrying its sharding on this mesh
+  (`sharding.state_shardings`): a checkpoint restores onto whatever layout the run has now."""
   shapes = jax.eval_shape(init_fn, jax.random.key(0))
-  rep = sharding.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                      sharding.state_shardings(shapes, mesh))
 
 
 @dataclasses.dataclass

@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=500,
       keep_checkpoints=3,
       compilation_cache='~/.cache/dlm/jax',  # JAX's persistent compilation cache ('' off)
+      fsdp=1,                     # devices each state array is split over (FSDP); 1: replicated
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -198,6 +199,8 @@ def validate(c, num_devices: int = 1) -> None:
   _require(s.mask_len >= 1, 'sample.mask_len must be >= 1')
   _require(t.num_iterations >= 1, 'train.num_iterations must be >= 1')
   _require(t.device_batch_size >= 1, 'train.device_batch_size must be >= 1')
+  _require(t.fsdp >= 1 and num_devices % t.fsdp == 0,
+           f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
   accumulation_steps(c, num_devices)
   _require(0 <= t.ema_decay < 1, 'train.ema_decay must be in [0, 1)')
   _require(s.num_steps >= 1, 'sample.num_steps must be >= 1')

@@ -1,10 +1,14 @@
 """The device mesh and where arrays live on it.
 
-One axis, 'data': training batches, evaluation windows and samples are split by rows across
-every device of every process (`rows`, `global_rows`), and the training state is replicated.
-One device is a mesh of one, so the same jitted code runs on a laptop, a GPU node or a pod.
-`jax.make_mesh` defaults to Explicit axes in current JAX; Auto keeps the classic GSPMD
-propagation that `jax.jit` with in/out shardings expects.
+Two axes: 'data' and 'fsdp' (`train.fsdp` devices; 1 by default). Training batches, evaluation
+windows and samples are split by rows over all devices of both axes (`rows`, `global_rows`).
+The training state (parameters, optimiser moments, EMA) is split over 'fsdp' by the table
+`PARAM_AXES` below and replicated over 'data': with fsdp = 1 this is plain data parallelism,
+with fsdp = every device it is fully sharded (ZeRO-3 style), each device holding 1/fsdp of every
+large array and XLA gathering what a layer needs when it needs it. One device is a mesh of one,
+so the same jitted code runs on a laptop, a GPU node or a pod. `jax.make_mesh` defaults to
+Explicit axes in current JAX; Auto keeps the classic GSPMD propagation that `jax.jit` with
+in/out shardings expects.
 """
 
 import jax
@@ -35,8 +39,60 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+AXES = ('data', 'fsdp')
+_FSDP = [1]  # set once per process by `use_fsdp` (train sets it from its config)
+
+
+def use_fsdp(fsdp: int) -> None:
+  """The fsdp size every later `make_mesh()` uses."""
+  from dlm.errors import DlmError
+  if fsdp < 1 or jax.device_count() % fsdp:
+    raise DlmError(f'train.fsdp={fsdp} must divide the {jax.device_count()} devices')
+  _FSDP[0] = fsdp
+
+
 def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
+  f = _FSDP[0]
+  return jax.make_mesh((jax.device_count() // f, f), AXES, axis_types=(AxisType.Auto,) * 2)
+
+
+# Logical names of each parameter's dimensions, by its path (the first regex that matches; the
+# optimiser's moments and the EMA follow their parameter, found by the same path suffix).
+PARAM_AXES = (
+    (r'blocks/[^/]+/kernel$', ('layers', 'embed', 'hidden')),  # stacked (layers, in, out)
+    (r'(^|/)(embed|wte)$', ('vocab', 'embed')),
+    (r'(^|/)head/kernel$', ('embed', 'vocab')),
+    (r'(^|/)(in_proj|time_in|time_out)/kernel$', ('input', 'embed')),
+    (r'(^|/)label$', ('label', 'embed')),
+)
+# Which logical dimension 'fsdp' splits: the first in this order whose size it divides. Whole
+# layers first, so Muon orthogonalises each device's matrices without gathering them; then
+# the vocabulary, then the width.
+FSDP_ORDER = ('layers', 'vocab', 'embed', 'hidden', 'input')
+
+
+def param_spec(path: str, shape: tuple, fsdp: int) -> P:
+  """The PartitionSpec of one state leaf: 'fsdp' on one dimension, or replicated."""
+  import re
+  if fsdp == 1:
+    return P()
+  names = next((n for pattern, n in PARAM_AXES if re.search(pattern, path)), None)
+  if names is None or len(names) != len(shape):
+    return P()  # scalars, noise state, small vectors
+  for logical in FSDP_ORDER:
+    if logical in names and shape[names.index(logical)] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[names.index(logical)] = 'fsdp'
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state, mesh):
+  """NamedShardings of every leaf of the training state on this mesh (`param_spec`)."""
+  def one(path, leaf):
+    name = '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+    return NamedSharding(mesh, param_spec(name, leaf.shape, mesh.shape['fsdp']))
+  return jax.tree_util.tree_map_with_path(one, abstract_state)
 
 
 def replicated(mesh) -> NamedSharding:
@@ -45,17 +101,17 @@ def replicated(mesh) -> NamedSharding:
 
 def batch_sharding(mesh, batch_axis: int = 0) -> NamedSharding:
   spec = [None] * (batch_axis + 1)
-  spec[batch_axis] = 'data'
+  spec[batch_axis] = AXES
   return NamedSharding(mesh, P(*spec))
 
 
 def rows(n: int, mesh=None, axis: int = 0, ndim: int = 1) -> NamedSharding:
-  """Axis `axis` of an ndim-array with n rows split over the data axis: evaluation and sampling
+  """Axis `axis` of an ndim-array with n rows split over every device: evaluation and sampling
   run data-parallel with a per-device batch. Replicated when n does not divide (batch 1)."""
   mesh = mesh or make_mesh()
   spec = [None] * ndim
-  if n % mesh.shape['data'] == 0:
-    spec[axis] = 'data'
+  if n % mesh.size == 0:
+    spec[axis] = AXES
   return NamedSharding(mesh, P(*spec))
 
 

@@ -128,9 +128,10 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   if not sharding.is_main_process():
     log = lambda *a, **k: None
   enable_compilation_cache(c.train.compilation_cache)
-  mesh = sharding.make_mesh()
   n_dev = jax.device_count()
   config_lib.validate(c, n_dev)
+  sharding.use_fsdp(c.train.fsdp)
+  mesh = sharding.make_mesh()
   accumulation = config_lib.accumulation_steps(c, n_dev)
   _check_workdir_config(c, workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -154,15 +155,18 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   # ---- model, optimiser, state -------------------------------------------------------
   model, tx, init_fn = state_lib.create(mcfg, c)
   rep = sharding.replicated(mesh)
+  target = checkpoint.abstract_state(init_fn, mesh)
+  state_sh = jax.tree.map(lambda x: x.sharding, target)
   ckpts = checkpoint.Checkpoints(workdir, keep=c.train.keep_checkpoints)
   layout = {'windows_per_step': B * accumulation, 'processes': jax.process_count()}
   start = ckpts.latest_step()
   if start is None:
-    state = jax.jit(init_fn, out_shardings=rep)(jax.random.key(c.seed))
+    # Initialised in place: each device computes only its own shards.
+    state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(c.seed))
     start = 0
   else:
     ckpts.check_layout(start, layout)
-    state = ckpts.restore(start, checkpoint.abstract_state(init_fn, mesh), train_iter)
+    state = ckpts.restore(start, target, train_iter)
     log(f'resuming from checkpoint {start} in {workdir}')
   n_params = count_params(state['params'])
   fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
@@ -172,7 +176,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}, '
       f'{mcfg.dtype} matmuls, {mcfg.attention} attention')
-  log(memory_report(state, n_dev))
+  log(memory_report(state, n_dev, c.train.fsdp))
   log(f'batch: {B} sequences x {accumulation} accumulation x {L} tokens = '
       f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
 
@@ -183,7 +187,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
         f'{c.diffusion.label_dropout:.0%} of rows for guidance)')
   step_fn = jax.jit(make_train_step(model, tx, c, accumulation,
                                     None if label is None else jnp.asarray(label.patterns)),
-                    in_shardings=(rep, batch_sh, rep), out_shardings=(rep, rep),
+                    in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                     donate_argnums=(0,))
   eval_config = ml_collections.FrozenConfigDict(c)
   train_key = jax.random.key(c.seed + 1)
@@ -277,17 +281,24 @@ def _clock(seconds: float) -> str:
   return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
 
 
-def memory_report(state, num_devices: int) -> str:
-  """Bytes of the parameters, optimiser state and EMA that the first device holds: what FSDP
-  would divide and data parallelism replicates."""
+def bytes_per_device(state) -> dict:
+  """{parameters, optimiser[, EMA]: bytes the first device holds}."""
   device = jax.devices()[0]
 
-  def on_device(tree) -> float:
+  def on_device(tree) -> int:
     return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
                if s.device == device)
 
-  parts = [f'parameters {on_device(state["params"]) / 2**20:.1f} MiB',
-           f'optimiser {on_device(state["opt_state"]) / 2**20:.1f} MiB']
+  out = {'parameters': on_device(state['params']), 'optimiser': on_device(state['opt_state'])}
   if 'ema' in state:
-    parts.append(f'EMA {on_device(state["ema"]) / 2**20:.1f} MiB')
-  return f'memory per device: {", ".join(parts)} (state replicated over {num_devices} device(s))'
+    out['EMA'] = on_device(state['ema'])
+  return out
+
+
+def memory_report(state, num_devices: int, fsdp: int = 1) -> str:
+  """Bytes of the parameters, optimiser state and EMA that the first device holds: what FSDP
+  divides and data parallelism replicates."""
+  parts = [f'{name} {n / 2**20:.1f} MiB' for name, n in bytes_per_device(state).items()]
+  how = (f'state split over {fsdp} devices (FSDP), replicated over {num_devices // fsdp}'
+         if fsdp > 1 else f'state replicated over {num_devices} device(s)')
+  return f'memory per device: {", ".join(parts)} ({how})'

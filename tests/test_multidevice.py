@@ -22,8 +22,9 @@ from dlm.experiments import common
 n = jax.device_count()
 c = tiny_config(**{'train.device_batch_size': 8 // n, 'train.num_iterations': 5,
                    'train.checkpoint_every': 5})
-workdir, out, stop = sys.argv[1], sys.argv[2], int(sys.argv[3])
+workdir, out, stop, fsdp = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 c.train.checkpoint_every = stop or 5
+c.train.fsdp = fsdp
 train.train(c, workdir, log=lambda *a, **k: None, stop_after=stop or None)
 if stop:
   sys.exit(0)
@@ -32,7 +33,18 @@ run = checkpoint.load_run(workdir)
 rows = sharding.global_rows(np.zeros((8, 16), np.int32))
 kw, _ = sampling._prepare(run, 8, 0, 3, 0.0, 0, '', None, 0.0, 0.0, '', '', '', '', None)
 samples = sampling.sample_tokens(run.params, jax.random.key(0), model=run.model, **kw)
-json.dump({'devices': n, 'losses': losses,
+from dlm import state as state_lib
+from dlm import config as config_lib
+def held(f):  # bytes of parameters + optimiser state on device 0 with fsdp = f
+  sharding.use_fsdp(f)
+  mesh = sharding.make_mesh()
+  _, _, init_fn = state_lib.create(run.model_config, c)
+  target = checkpoint.abstract_state(init_fn, mesh)
+  st = jax.jit(init_fn, out_shardings=jax.tree.map(lambda x: x.sharding, target))(jax.random.key(0))
+  return sum(train.bytes_per_device(st).values())
+memory = {'replicated': held(1), 'fsdp': held(n)}
+sharding.use_fsdp(fsdp)
+json.dump({'devices': n, 'losses': losses, 'memory': memory,
            'eval_rows_on': len(rows.sharding.device_set),
            'eval_rows_replicated': rows.sharding.is_fully_replicated,
            'samples_replicated': samples.sharding.is_fully_replicated,
@@ -45,13 +57,13 @@ json.dump({'devices': n, 'losses': losses,
 '''
 
 
-def _run(tmp_path, devices: int, workdir: str, stop: int = 0) -> dict:
+def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1) -> dict:
   """Train (or resume) workdir on `devices` devices; stop > 0 stops after that step."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   out = tmp_path / f'{workdir}.json'
   proc = subprocess.run([sys.executable, '-c', _RUN, str(tmp_path / workdir), str(out),
-                         str(stop)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         str(stop), str(fsdp)], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return None if stop else json.loads(out.read_text())
@@ -71,3 +83,12 @@ def test_a_checkpoint_from_eight_devices_resumes_on_one_on_the_same_curve(tmp_pa
   _run(tmp_path, 8, 'moved', stop=3)
   resumed = _run(tmp_path, 1, 'moved')
   np.testing.assert_allclose(resumed['losses'][-2:], whole['losses'][-2:], rtol=1e-4)
+
+
+def test_fsdp_trains_like_one_device_and_holds_an_eighth_of_the_state(tmp_path):
+  one = _run(tmp_path, 1, 'one')
+  for fsdp in (8, 4):
+    r = _run(tmp_path, 8, f'fsdp{fsdp}', fsdp=fsdp)
+    np.testing.assert_allclose(r['losses'], one['losses'], rtol=1e-4)
+    np.testing.assert_allclose(r['bits'], one['bits'], rtol=1e-4)
+  assert r['memory']['fsdp'] <= r['memory']['replicated'] / 6, r['memory']
