@@ -1,6 +1,5 @@
 """python -m dlm.bench on a tiny config: every figure is measured and positive."""
 
-import json
 import subprocess
 import sys
 
@@ -22,13 +21,7 @@ def test_bench_times_train_eval_and_sampling_for_both_families():
   assert r['ratios']['train_time_per_token'] > 0 and 'sample_time_batch_4' in r['ratios']
 
 
-def test_bench_command_writes_json_and_rejects_bad_flags(tmp_path):
-  out = tmp_path / 'bench.json'
-  run = lambda *a: subprocess.run([sys.executable, '-m', 'dlm.bench', *a], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=300)
-  proc = run('--config=configs/quickstart.py', '--steps=0')
+def test_bench_command_rejects_bad_flags_in_one_line():
+  proc = subprocess.run([sys.executable, '-m', 'dlm.bench', '--config=configs/quickstart.py',
+                         '--steps=0'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1 and proc.stderr.strip() == 'error: --steps must be >= 1'
-  proc = run('--config=configs/quickstart.py', '--steps=1', '--batch=2',
-             '--config.model.sequence_len=16', '--config.model.depth=1', f'--output={out}')
-  assert proc.returncode == 0, proc.stderr
-  assert json.loads(out.read_text())['diffusion']['sequence_len'] == 16

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -69,8 +70,14 @@ def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1) -> 
   return None if stop else json.loads(out.read_text())
 
 
-def test_eight_devices_train_like_one_and_split_eval_and_sampling(tmp_path):
-  one, eight = _run(tmp_path, 1, 'one'), _run(tmp_path, 8, 'eight')
+@pytest.fixture(scope='module')
+def one(tmp_path_factory):
+  """The reference: the same tiny run, uninterrupted, on one device."""
+  return _run(tmp_path_factory.mktemp('one'), 1, 'one')
+
+
+def test_eight_devices_train_like_one_and_split_eval_and_sampling(tmp_path, one):
+  eight = _run(tmp_path, 8, 'eight')
   assert (one['devices'], eight['devices']) == (1, 8)
   np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-4)
   assert eight['eval_rows_on'] == 8 and not eight['eval_rows_replicated']
@@ -78,15 +85,13 @@ def test_eight_devices_train_like_one_and_split_eval_and_sampling(tmp_path):
   np.testing.assert_allclose(eight['bits'], one['bits'], rtol=1e-4)
 
 
-def test_a_checkpoint_from_eight_devices_resumes_on_one_on_the_same_curve(tmp_path):
-  whole = _run(tmp_path, 1, 'whole')
+def test_a_checkpoint_from_eight_devices_resumes_on_one_on_the_same_curve(tmp_path, one):
   _run(tmp_path, 8, 'moved', stop=3)
   resumed = _run(tmp_path, 1, 'moved')
-  np.testing.assert_allclose(resumed['losses'][-2:], whole['losses'][-2:], rtol=1e-4)
+  np.testing.assert_allclose(resumed['losses'][-2:], one['losses'][-2:], rtol=1e-4)
 
 
-def test_fsdp_trains_like_one_device_and_holds_an_eighth_of_the_state(tmp_path):
-  one = _run(tmp_path, 1, 'one')
+def test_fsdp_trains_like_one_device_and_holds_an_eighth_of_the_state(tmp_path, one):
   for fsdp in (8, 4):
     r = _run(tmp_path, 8, f'fsdp{fsdp}', fsdp=fsdp)
     np.testing.assert_allclose(r['losses'], one['losses'], rtol=1e-4)
