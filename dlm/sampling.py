@@ -14,7 +14,15 @@ first pass feeding the second, which is the two-pass denoiser the likelihood bou
 (two forwards per step). Either way the estimate fed back is the temperature-1 one the model
 was trained on, not the tempered or clamped one used for the update.
 
-The autoregressive baseline samples left to right from a `<|bos|>`, one token per step of a
+Controllable generation: known tokens (a prompt, or the text of an infill template,
+`dlm.conditioning`) are held fixed at every step, the way the run was trained to see them or by
+RePaint-style replacement; a label steers by classifier-free guidance, the conditional and
+unconditional denoisers run as two forwards per step and mixed. `generate` is the one entry
+point for all of it, from the command line and from Python; samples are split over the
+devices' mesh (data parallel).
+
+The autoregressive baseline samples left to right from a `<|bos|>` (through a prompt's tokens
+first, when given), one token per step of a
 jitted `lax.scan` with a key/value cache (`Transformer.decode_step`), with temperature and
 nucleus (top-p) truncation. Tokens are drawn by inverse-CDF sampling over the sorted
 probabilities rather than Gumbel-max: float32 Gumbel noise cannot reach the tail and silently
