@@ -83,7 +83,8 @@ def diffusion_loss(params, model: Transformer, tokens_BL, key, dc, proposal, pat
   lam_B = training_logsnr(k_t, tokens_BL.shape[0], dc, proposal)
   eps_BLE = jax.random.normal(k_eps, x0_BLE.shape)
   z_BLE = diffusion.q_sample(x0_BLE, lam_B, eps_BLE, dc.path)
-  known_BL, label_B = conditions(k_cond, tokens_BL, dc, patterns, model) if condition else (None, None)
+  known_BL, label_B = (conditions(k_cond, tokens_BL, dc, patterns, model) if condition
+                       else (None, None))
   if known_BL is not None:
     z_BLE = conditioning.inject(z_BLE, x0_BLE, known_BL)
     free_BL = (~known_BL).astype(jnp.float32)
