@@ -1,6 +1,6 @@
 """8 fake CPU devices in a subprocess: data-parallel training follows the 1-device run,
-evaluation and sampling split their batches over the devices, and a checkpoint written on 8
-devices resumes on 1 on the same loss curve."""
+evaluation and sampling split their batches over the devices, and checkpoints move between 8
+devices, 1 device and FSDP on the same loss curve."""
 
 import json
 import os
@@ -86,7 +86,10 @@ def test_eight_devices_train_like_one_split_eval_and_sampling_and_resume_on_one(
   np.testing.assert_allclose(resumed['bits'], one['bits'], rtol=1e-4)
 
 
-def test_fsdp_trains_like_one_device_and_holds_an_eighth_of_the_state(tmp_path, one):
+def test_fsdp_resumes_a_one_device_checkpoint_on_the_same_curve_with_an_eighth_of_the_state(
+    tmp_path, one):
+  """1 device for 3 steps, then 8 devices with the state split 8 ways (FSDP)."""
+  _run(tmp_path, 1, 'fsdp', stop=3)
   r = _run(tmp_path, 8, 'fsdp', fsdp=8)
   np.testing.assert_allclose(r['losses'], one['losses'], rtol=1e-4)
   np.testing.assert_allclose(r['bits'], one['bits'], rtol=1e-4)
