@@ -34,14 +34,17 @@ def check_scorer(run, scorer, seq_len: int) -> None:
                    f'the {seq_len - 1} to score')
 
 
+def token_nll(scorer, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+  """(N, L - 1): the scorer's NLL in nats of rows[:, j + 1] given rows[:, :j + 1]."""
+  rows = np.asarray(rows, np.int32)
+  return np.concatenate([
+      np.asarray(evaluate.ar_nll_nats(scorer.params, r[:, 1:], r[:, 0], model=scorer.model))
+      for r in (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))])
+
+
 def generative_nll(scorer, rows: np.ndarray, batch_size: int = 64) -> float:
   """Mean NLL in nats per token of rows[:, 1:] under the scorer, each given its row's prefix."""
-  total, count = 0.0, 0
-  for i in range(0, len(rows), batch_size):
-    r = np.asarray(rows[i:i + batch_size], np.int32)
-    nll = evaluate.ar_nll_nats(scorer.params, r[:, 1:], r[:, 0], model=scorer.model)
-    total, count = total + float(np.sum(nll)), count + nll.size
-  return total / count
+  return float(np.mean(token_nll(scorer, rows, batch_size)))
 
 
 def row_quality(rows: np.ndarray, boundary: int, scorer=None) -> dict:

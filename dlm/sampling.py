@@ -288,7 +288,7 @@ def sample_array(run, num_samples: int, seq_len: int = 0, num_steps: int = 0,
                  trajectory: bool = False):
   """(token ids (num_samples, seq_len), the settings used): `generate` without decoding.
   trajectory=True (diffusion): also the per-step argmax ids and entropies (`sample_tokens`)."""
-  kwargs, settings = _prepare(run, num_samples, seq_len, num_steps, temperature, seed, sampler,
+  kwargs, settings = _prepare(run, num_samples, seq_len, num_steps, temperature, sampler,
                               clamp, top_p, score_temperature, self_condition, prompt, infill,
                               label, guidance)
   key = jax.random.key(seed)
@@ -301,10 +301,12 @@ def sample_array(run, num_samples: int, seq_len: int = 0, num_steps: int = 0,
   return sharding.fetch(out), settings
 
 
-def _prepare(run, num_samples, seq_len, num_steps, temperature, seed, sampler, clamp, top_p,
-             score_temperature, self_condition, prompt, infill, label, guidance):
-  """(keyword arguments of the jitted sampler, the settings to record)."""
-  del seed
+def _prepare(run, num_samples: int, seq_len: int = 0, num_steps: int = 0,
+             temperature: float = 0.0, sampler: str = '', clamp=None, top_p: float = 0.0,
+             score_temperature: float = 0.0, self_condition: str = '', prompt: str = '',
+             infill: str = '', label: str = '', guidance=None):
+  """(keyword arguments of the jitted sampler, the settings to record); arguments as in
+  `sample_array`, zero / empty ones taking the run's config."""
   sc, c = run.config.sample, run.config
   L = seq_len or sc.seq_len or run.model_config.sequence_len
   settings = dict(seq_len=L, temperature=temperature or sc.temperature)

@@ -136,7 +136,7 @@ def test_guidance_zero_is_the_unconditional_sampler_bit_for_bit(run):
 
 def test_the_guided_mixture_interpolates_the_branches(run):
   """Two branches at W = 0 give the unconditional estimate; W = 1 the conditional one."""
-  kw, _ = sampling._prepare(run, 2, 0, 4, 0.0, 0, '', None, 0.0, 0.0, '', '', '', 'yes', 2.0)
+  kw, _ = sampling._prepare(run, 2, num_steps=4, label='yes', guidance=2.0)
   assert kw['branches'] == 2
   key = jax.random.key(0)
   out = {}

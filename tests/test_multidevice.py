@@ -30,7 +30,7 @@ train.train(c, workdir, log=lambda *a, **k: None, stop_after=stop or None)
 losses = [r['loss'] for r in common.loss_curve(workdir) if 'loss' in r]
 run = checkpoint.load_run(workdir)
 rows = sharding.global_rows(np.zeros((8, 16), np.int32))
-kw, _ = sampling._prepare(run, 8, 0, 3, 0.0, 0, '', None, 0.0, 0.0, '', '', '', '', None)
+kw, _ = sampling._prepare(run, 8, num_steps=3)
 samples = sampling.sample_tokens(run.params, jax.random.key(0), model=run.model, **kw)
 from dlm import state as state_lib
 from dlm import config as config_lib

@@ -38,7 +38,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from dlm import checkpoint, data, evaluate, quality, sampling
+from dlm import checkpoint, data, quality, sampling
 from dlm.errors import DlmError
 from dlm.experiments import common, report, twin
 
@@ -104,10 +104,7 @@ def diffusion_fill(run, windows: np.ndarray, known: np.ndarray, key, temperature
   B = min(batch, N)
   # The run's own sample settings (sampler, steps, self-conditioning), as `sample_array` takes
   # them, with the known tokens set below.
-  kwargs, settings = sampling._prepare(
-      run, B, L, num_steps=0, temperature=temperature, seed=0, sampler='', clamp=None,
-      top_p=0.0, score_temperature=0.0, self_condition='', prompt='', infill='', label='',
-      guidance=None)
+  kwargs, settings = sampling._prepare(run, B, L, temperature=temperature)
   known_by = 'trained' if run.model_config.conditioning else 'replace'
   settings.update(known_by=known_by)
   out = np.zeros_like(windows)
@@ -137,16 +134,6 @@ def ar_fill(run, windows: np.ndarray, a: int, n: int, key, temperature: float,
         cond_tokens=jnp.asarray(rows), known=jnp.asarray(known))
     out[i:i + count, :T] = np.asarray(tokens)[:count]
   return out, dict(family='autoregressive', temperature=temperature, top_p=1.0)
-
-
-def token_nll(scorer, rows: np.ndarray, batch: int) -> np.ndarray:
-  """(N, L - 1): the scorer's NLL (nats) of rows[:, j + 1] given rows[:, :j + 1]."""
-  out = np.zeros((len(rows), rows.shape[1] - 1), np.float32)
-  for i, r, count in _batches(np.asarray(rows, np.int32), min(batch, len(rows))):
-    nll = evaluate.ar_nll_nats(scorer.params, jnp.asarray(r[:, 1:]), jnp.asarray(r[:, 0]),
-                               model=scorer.model)
-    out[i:i + count] = np.asarray(nll)[:count]
-  return out
 
 
 def _mean_se(x: np.ndarray) -> dict:
@@ -269,7 +256,7 @@ def infill(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
         '=0): the known tokens are held by replacement (RePaint-style), which follows them less '
         'closely')
   batch = runs['diffusion'].config.eval.batch_size
-  original_nll = token_nll(scorer, windows, batch)
+  original_nll = quality.token_nll(scorer, windows, batch)
   key = jax.random.key(seed)
   results = {'preset': preset, 'command': command, 'seq_len': L, 'num_windows': N,
              'num_windows_asked': num_windows, 'temperature': temperature, 'seed': seed,
@@ -299,7 +286,7 @@ def infill(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
     values = {}
     entry['rows']['original'], values['original'] = measure(original_nll, spans, None)
     for family in FAMILIES:
-      nll = token_nll(scorer, restored[family], batch)
+      nll = quality.token_nll(scorer, restored[family], batch)
       entry['rows'][family], values[family] = measure(
           nll, spans, restored[family][:, a:a + n] == windows[:, a:a + n])
       fills[f'{family}_gap_{n}'] = restored[family]
