@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       compilation_cache='~/.cache/dlm/jax',  # JAX's persistent compilation cache ('' off)
       fsdp=1,                     # devices each state array is split over (FSDP); 1: replicated
+      logits_chunk=0,             # positions per cross-entropy chunk; 0: chunks of <= 512 MiB
+                                  # of float32 logits per device (whole sequences when they fit)
+      max_bad_steps=10,           # consecutive steps with a non-finite loss or gradient (each
+                                  # skipped) after which the run stops
   ))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -23,26 +23,64 @@ def embedding_table(model: Transformer, params):
 
 
 def self_condition(params, model: Transformer, z_BLE, lam_B, E_VE, training: bool,
-                   enabled: bool, known_BL=None, label_B=None):
+                   enabled: bool, known_BL=None, label_B=None, rows_B=None):
   """The x0 estimate fed back to the model, or None when self-conditioning is off.
 
-  Training: the model's own first-pass estimate (temperature 1, without gradient) for the first
-  half of the rows and zeros for the rest, so the model also works without one (Chen et al.
-  2023). The rows are independent random windows whose noise levels come in random order
-  (`diffusion.stratified`), so the first half is a uniformly random half of the (window, noise
-  level) pairs, and the extra pass costs half a forward instead of a whole one.
+  Training: the model's own first-pass estimate (temperature 1, without gradient) for the even
+  rows (`rows_B`, from `draw`) and zeros for the rest, so the model also works without one
+  (Chen et al. 2023). The rows are independent random windows whose noise levels come in
+  random order (`diffusion.stratified`), so the even rows are a uniformly random half of the
+  (window, noise level) pairs, and the extra pass costs half a forward instead of a whole one.
+  Even rows rather than the first half: a device's rows of a batch split over the mesh hold
+  their own even rows whenever each device holds an even number, so the pass runs where the
+  rows are, with no resharding (the first half lives on half the devices). With an odd number
+  of rows the pass runs on every row and `rows_B` masks it, for the same values.
   Evaluation: always the first-pass estimate at the same z: the two-pass denoiser, whose bound
   this is (a function of z_t alone, hence a valid bound) and which the sampler's `fresh` mode
   runs; the `previous` mode feeds back the last step's estimate instead, a different process.
   """
   if not enabled:
     return None
-  n = z_BLE.shape[0] // 2 if training else z_BLE.shape[0]
-  first = model.apply(params, z_BLE[:n], lam_B[:n], None,
-                      None if known_BL is None else known_BL[:n],
-                      None if label_B is None else label_B[:n])
+  B = z_BLE.shape[0]
+  if not training or B % 2:
+    first = model.apply(params, z_BLE, lam_B, None, known_BL, label_B)
+    x0_prev = jax.lax.stop_gradient(diffusion.x0_from_logits(first, E_VE))
+    return x0_prev if not training else jnp.where(rows_B[:, None, None], x0_prev, 0.0)
+  even = lambda x: None if x is None else x.reshape(B // 2, 2, *x.shape[1:])[:, 0]
+  first = model.apply(params, even(z_BLE), even(lam_B), None, even(known_BL), even(label_B))
   x0_prev = jax.lax.stop_gradient(diffusion.x0_from_logits(first, E_VE))
-  return jnp.concatenate([x0_prev, jnp.zeros_like(z_BLE[n:])], 0)
+  return jnp.stack([x0_prev, jnp.zeros_like(x0_prev)], 1).reshape(z_BLE.shape)
+
+
+def token_ce(params, model: Transformer, h_BLD, inputs, targets_BL, lam_B=None,
+             chunk: int = 0):
+  """Cross-entropy (B, L) of the logits of hidden states h (`Transformer.features`) against
+  the targets, `chunk` positions at a time: the (B, L, V) float32 logits of a large vocabulary
+  (8.6 GB for 64 x 1024 x 32k) never exist at once. Each chunk is rematerialised in the
+  backward pass, which repeats the head's forward matmul (a few % of a step's FLOPs).
+  chunk = 0: `logits_chunk`'s automatic size."""
+  B, L = targets_BL.shape
+  chunk = chunk or logits_chunk(B, L, model.cfg.vocab_size)
+  if chunk >= L:
+    logits = model.apply(params, h_BLD, inputs, lam_B, method=Transformer.logits)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets_BL)
+  n = -(-L // chunk)
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, n * chunk - L)] + [(0, 0)] * (x.ndim - 2))
+  split = lambda x: jnp.moveaxis(pad(x).reshape(B, n, chunk, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def one(_, xs):
+    h, x, t = xs
+    logits = model.apply(params, h, x, lam_B, method=Transformer.logits)
+    return None, optax.softmax_cross_entropy_with_integer_labels(logits, t)
+  _, ce = jax.lax.scan(one, None, (split(h_BLD), split(inputs), split(targets_BL)))
+  return jnp.moveaxis(ce, 0, 1).reshape(B, n * chunk)[:, :L]
+
+
+def logits_chunk(B: int, L: int, V: int, budget: int = 2**29) -> int:
+  """Positions per cross-entropy chunk so that one chunk's float32 logits take at most
+  `budget` bytes (512 MiB); L (no chunking) when the whole fits."""
+  return max(1, min(L, budget // (4 * B * V)))
 
 
 def training_logsnr(key, batch: int, dc, proposal):
@@ -54,59 +92,86 @@ def training_logsnr(key, batch: int, dc, proposal):
   return noise.sample(proposal, diffusion.stratified(key, batch))
 
 
-def conditions(key, tokens_BL, dc, patterns, model: Transformer):
-  """(known (B, L) bool or None, label ids (B,) or None) of a training batch."""
-  k_known, k_drop = jax.random.split(key)
+def draw(key, tokens_BL, model: Transformer, c, proposal=None, patterns=None,
+         condition: bool = True) -> dict:
+  """The random inputs of one batch's loss, drawn at the shape of the whole (global) batch:
+  with JAX's partitionable threefry their values do not depend on how the rows are split over
+  devices, so the train step can hand each device its rows (`train.make_train_step`) and a run
+  has the same losses on 1 device and on 8 (tests). condition=False: the unconditional
+  objective (no known tokens, no label), for validation.
+
+  lam (B,) log-SNRs, eps (B, L, E) Gaussian noise, even (B,) the rows that get the
+  self-conditioning pass; with conditioning, known (B, L) the known positions
+  (`conditioning.random_known`); with a label, dropped (B,) the rows trained without it.
+  """
+  if model.cfg.causal:
+    return {}
+  dc = c.diffusion
+  k_t, k_eps, k_cond = jax.random.split(key, 3)
+  k_known, k_drop = jax.random.split(k_cond)
   B, L = tokens_BL.shape
-  known_BL = (conditioning.random_known(k_known, B, L, dc.condition_fraction)
-              if model.cfg.conditioning else None)
-  label_B = None
-  if patterns is not None and model.cfg.num_labels:
-    dropped_B = jax.random.uniform(k_drop, (B,)) < dc.label_dropout
-    label_B = jnp.where(dropped_B, len(labels.VALUES), labels.of_tokens(tokens_BL, patterns))
-  return known_BL, label_B
+  d = {'lam': training_logsnr(k_t, B, dc, proposal),
+       'eps': jax.random.normal(k_eps, (B, L, model.cfg.diffusion_dim)),
+       'even': jnp.arange(B) % 2 == 0}
+  if condition and model.cfg.conditioning:
+    d['known'] = conditioning.random_known(k_known, B, L, dc.condition_fraction)
+  if condition and patterns is not None and model.cfg.num_labels:
+    d['dropped'] = jax.random.uniform(k_drop, (B,)) < dc.label_dropout
+  return d
 
 
-def diffusion_loss(params, model: Transformer, tokens_BL, key, dc, proposal, patterns=None,
-                   condition: bool = True):
-  """dc: the config's `diffusion` section; proposal: the run's q (`noise.proposal`);
-  patterns: the label's token patterns (`labels.Label.patterns`) when the run has a label;
-  condition=False: the unconditional objective (no known tokens, no label), for validation.
+def scored_positions(tokens_BL, d: dict, causal: bool):
+  """How many positions a batch's loss averages over: the unknown ones (diffusion), every
+  one with a next token (AR). The train step divides each device's sum by the whole batch's
+  count, so the sum over devices is the loss of the whole batch whatever its split."""
+  B, L = tokens_BL.shape
+  if causal:
+    return jnp.float32(B * (L - 1))
+  if 'known' in d:
+    return jnp.sum(~d['known']).astype(jnp.float32)
+  return jnp.float32(B * L)
+
+
+def diffusion_loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None,
+                   norm=None):
+  """d: the batch's random inputs (`draw`); patterns: the label's token patterns
+  (`labels.Label.patterns`) when the run has a label; norm: the positions to average over
+  (`scored_positions`; default this batch's).
 
   ce (default): cross-entropy of the denoiser's logits against the clean tokens at a random
   noise level (CDCD, Plaid), over the unknown positions. mse: squared error of eps / x0 / v
   derived from x0_hat = softmax(logits) @ E, the seed's objective when parameterization='eps'.
   """
-  k_t, k_eps, k_cond = jax.random.split(key, 3)
+  dc = c.diffusion
   E_VE = embedding_table(model, params)
   x0_BLE = E_VE[tokens_BL]
-  lam_B = training_logsnr(k_t, tokens_BL.shape[0], dc, proposal)
-  eps_BLE = jax.random.normal(k_eps, x0_BLE.shape)
+  lam_B, eps_BLE = d['lam'], d['eps']
   z_BLE = diffusion.q_sample(x0_BLE, lam_B, eps_BLE, dc.path)
-  known_BL, label_B = (conditions(k_cond, tokens_BL, dc, patterns, model) if condition
-                       else (None, None))
+  known_BL = d.get('known')
+  label_B = None
+  if 'dropped' in d:
+    label_B = jnp.where(d['dropped'], len(labels.VALUES), labels.of_tokens(tokens_BL, patterns))
   if known_BL is not None:
     z_BLE = conditioning.inject(z_BLE, x0_BLE, known_BL)
     free_BL = (~known_BL).astype(jnp.float32)
   else:
     free_BL = jnp.ones(tokens_BL.shape, jnp.float32)
-  logits_BLV = model.apply(params, z_BLE, lam_B, self_condition(
-      params, model, z_BLE, lam_B, E_VE, True, dc.self_condition, known_BL, label_B),
-      known_BL, label_B)
-  ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
-  ce = jnp.sum(ce_BL * free_BL) / jnp.sum(free_BL)
+  norm = jnp.sum(free_BL) if norm is None else norm
+  x0_prev = self_condition(params, model, z_BLE, lam_B, E_VE, True, dc.self_condition,
+                           known_BL, label_B, d['even'])
   if dc.loss == 'ce':
-    loss = ce
-  else:
+    h_BLD = model.apply(params, z_BLE, lam_B, x0_prev, known_BL, label_B,
+                        method=Transformer.features)
+    ce_BL = token_ce(params, model, h_BLD, z_BLE, tokens_BL, lam_B, c.train.logits_chunk)
+    loss = jnp.sum(ce_BL * free_BL) / norm
+  else:  # the seed's recipe needs whole logits for x0_hat
+    logits_BLV = model.apply(params, z_BLE, lam_B, x0_prev, known_BL, label_B)
+    ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
     x0_hat = diffusion.x0_from_logits(logits_BLV, E_VE)
     target, pred = diffusion.mse_target_and_pred(dc.parameterization, x0_BLE, eps_BLE, z_BLE,
                                                  x0_hat, lam_B, dc.path)
-    loss = jnp.sum(jnp.mean(jnp.square(target - pred), -1) * free_BL) / jnp.sum(free_BL)
-  metrics = {
-      'loss': loss,
-      'ce': ce,
-      'embed_norm': jnp.mean(jnp.linalg.norm(E_VE, axis=-1)),
-  }
+    loss = jnp.sum(jnp.mean(jnp.square(target - pred), -1) * free_BL) / norm
+  metrics = {'loss': loss, 'ce': jnp.sum(ce_BL * free_BL) / norm}
   # The running CE curve of `dlm.noise` is the unconditional one: conditioned rows have
   # context the sampler of unconditional text does not, so they count with weight zero.
   unconditioned_B = jnp.all(free_BL > 0, -1).astype(jnp.float32)
@@ -114,16 +179,34 @@ def diffusion_loss(params, model: Transformer, tokens_BL, key, dc, proposal, pat
   return loss, (metrics, rows)
 
 
-def ar_loss(params, model: Transformer, tokens_BL):
+def ar_loss(params, model: Transformer, tokens_BL, chunk: int = 0, norm=None):
   """Next-token cross-entropy; the last position has no target and is dropped."""
-  logits = model.apply(params, tokens_BL[:, :-1])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BL[:, 1:]).mean()
+  inputs_BL = tokens_BL[:, :-1]
+  h_BLD = model.apply(params, inputs_BL, method=Transformer.features)
+  ce_BL = token_ce(params, model, h_BLD, inputs_BL, tokens_BL[:, 1:], chunk=chunk)
+  loss = jnp.sum(ce_BL) / (ce_BL.size if norm is None else norm)
   return loss, ({'loss': loss, 'ce': loss}, {})
+
+
+def loss_given(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=None):
+  """The loss of a batch whose random inputs `d` are drawn (`draw`); (loss, (metrics, rows)).
+  Both families' metrics are sums over positions divided by `norm`, so they add up over the
+  devices' shares of a batch like the loss does."""
+  if model.cfg.causal:
+    return ar_loss(params, model, tokens_BL, c.train.logits_chunk, norm)
+  return diffusion_loss(params, model, tokens_BL, d, c, patterns, norm)
 
 
 def loss_fn(params, model: Transformer, tokens_BL, key, c, proposal=None, patterns=None,
             condition: bool = True):
+  """The loss of a whole batch on one device (or under plain jit): draws, then `loss_given`."""
+  d = draw(key, tokens_BL, model, c, proposal, patterns, condition)
+  return loss_given(params, model, tokens_BL, d, c, patterns)
+
+
+def param_metrics(params, model: Transformer) -> dict:
+  """Metrics of the weights alone, logged beside the loss: the mean norm of the diffusion
+  embeddings (the seed's collapse shows as this shrinking)."""
   if model.cfg.causal:
-    return ar_loss(params, model, tokens_BL)
-  return diffusion_loss(params, model, tokens_BL, key, c.diffusion, proposal, patterns,
-                        condition)
+    return {}
+  return {'embed_norm': jnp.mean(jnp.linalg.norm(embedding_table(model, params), axis=-1))}

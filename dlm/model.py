@@ -185,6 +185,12 @@ class Transformer(nn.Module):
     `known` vector) and the label ids (None or `num_labels`: no label). AR: inputs = token ids
     (B, L).
     """
+    return self.logits(self.features(inputs, lam_B, x0_prev_BLE, known_BL, label_B), inputs,
+                       lam_B)
+
+  def features(self, inputs, lam_B=None, x0_prev_BLE=None, known_BL=None, label_B=None):
+    """The normalised last hidden states (B, L, D) that `logits` maps to the vocabulary; the
+    losses call the two halves separately to compute the cross-entropy in chunks."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     L = inputs.shape[1]
     if L > cfg.sequence_len:
@@ -212,9 +218,16 @@ class Transformer(nn.Module):
       cond_BC = self.time_out(nn.silu(self.time_in(time_features(lam_B))))
     x_BLD = rms_norm(x_BLD).astype(dt)
     x_BLD, _ = self.blocks(x_BLD, cond_BC, rope, None, None)
-    logits_BLV = self.head(rms_norm(x_BLD)).astype(jnp.float32)
-    if not cfg.causal and cfg.prior_logits:
-      logits_BLV = logits_BLV + diffusion.prior_logits(inputs, lam_B, self.embedding(), cfg.path)
+    return rms_norm(x_BLD)
+
+  def logits(self, h_BLD, inputs, lam_B=None):
+    """Logits (B, L, V) float32 of hidden states from `features` at the positions of `inputs`
+    (any run of positions: each position's logits depend on its own hidden state and, for
+    diffusion, its own z_t only)."""
+    logits_BLV = self.head(h_BLD).astype(jnp.float32)
+    if not self.cfg.causal and self.cfg.prior_logits:
+      logits_BLV = logits_BLV + diffusion.prior_logits(inputs, lam_B, self.embedding(),
+                                                       self.cfg.path)
     return logits_BLV
 
   def decode_step(self, token_B, cache, pos):

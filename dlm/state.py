@@ -1,4 +1,6 @@
-"""The training state as a plain pytree: {step, params, opt_state[, ema][, noise]}.
+"""The training state as a plain pytree: {step, params, opt_state, faults[, ema][, noise]}.
+
+`faults` counts the steps skipped for a non-finite loss or gradient (`train.make_train_step`).
 
 `noise` (diffusion runs) is the noise allocation's state (`dlm.noise`): the running
 cross-entropy curve over log-SNR and the proposal q built from it, checkpointed like the rest.
@@ -29,7 +31,8 @@ def create(mcfg: ModelConfig, c):
 
   def init_fn(key):
     params = model.init(key, *dummy_input(mcfg))
-    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+             'faults': {'skipped': jnp.zeros((), jnp.int32), 'streak': jnp.zeros((), jnp.int32)}}
     if c.train.ema_decay:
       state['ema'] = params
     if not mcfg.causal:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from dlm import checkpoint, data, evaluate, labels, losses, noise, sharding
 from dlm import config as config_lib
@@ -45,39 +46,75 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
 
 
-def make_train_step(model, tx, c, accumulation: int, patterns=None):
+# Test hook (not a setting): optimiser steps whose gradients are replaced by NaN, to exercise
+# the skipping of non-finite updates.
+FAULT_STEPS: tuple[int, ...] = ()
+
+
+def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
   """One optimiser update over `accumulation` micro-batches, all inside one jit. patterns:
   the run's label (`labels.Label.patterns`), None without one.
 
-  Gradients are summed by a lax.scan, so a checkpoint can never hold half an accumulation.
+  The random inputs of every micro-batch are drawn first, for the whole batch (`losses.draw`).
+  Then, under shard_map, each device sums the gradients of its own rows over the micro-batches
+  without any communication, and one psum per optimiser step adds the devices' sums: under
+  plain jit, XLA reduced the gradients inside every micro-step and resharded the
+  self-conditioning half of the batch (a test inspects the compiled step). The parameters
+  enter whole: under FSDP they are gathered once per step, and the optimiser update runs on
+  the shards. Gradients are summed by a lax.scan, so a checkpoint never holds half an
+  accumulation.
+
+  A step whose loss or gradient is not finite changes nothing but the step count and the
+  fault counters (`state['faults']`: skipped steps, and the current run of them); after
+  `train.max_bad_steps` in a row every later step is skipped too, until the loop sees it and
+  stops (`check_faults`), so nothing after the fault reaches a checkpoint.
   """
-  ema_decay = c.train.ema_decay
+  mesh = mesh or sharding.make_mesh()
+  ema_decay, max_bad = c.train.ema_decay, c.train.max_bad_steps
+  rows_spec = P(None, sharding.AXES)
+  faults = jnp.asarray(FAULT_STEPS or (-1,), jnp.int32)
+
+  def device_grads(params, batch_ABL, draws, norm_A):
+    def micro(grad_sum, xs):
+      tokens_BL, d, norm = xs
+      (_, (metrics, rows)), grads = jax.value_and_grad(losses.loss_given, has_aux=True)(
+          params, model, tokens_BL, d, c, patterns, norm)
+      return jax.tree.map(jnp.add, grad_sum, grads), (metrics, rows)
+
+    grads, (metrics, rows) = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params),
+                                          (batch_ABL, draws, norm_A))
+    grads, metrics = jax.lax.psum((grads, metrics), sharding.AXES)  # the step's one reduction
+    return grads, metrics, rows
 
   def train_step(state, batch_ABL, key):
     params = state['params']
     keys = jax.random.split(jax.random.fold_in(key, state['step']), accumulation)
     q = state_lib.proposal(state)
-
-    def micro(grad_sum, xs):
-      tokens_BL, k = xs
-      (_, (metrics, rows)), grads = jax.value_and_grad(losses.loss_fn, has_aux=True)(
-          params, model, tokens_BL, k, c, q, patterns)
-      return jax.tree.map(jnp.add, grad_sum, grads), (metrics, rows)
-
-    grads, (metrics, rows) = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params),
-                                          (batch_ABL, keys))
-    grads = jax.tree.map(lambda g: g / accumulation, grads)
-    metrics = jax.tree.map(jnp.mean, metrics)
-    metrics['grad_norm'] = optax.tree.norm(grads)
+    draws = jax.vmap(lambda k, t: losses.draw(k, t, model, c, q, patterns))(keys, batch_ABL)
+    norm_A = jax.vmap(lambda t, d: losses.scored_positions(t, d, model.cfg.causal))(
+        batch_ABL, draws)
+    grads, metrics, rows = jax.shard_map(
+        device_grads, mesh=mesh, in_specs=(P(), rows_spec, rows_spec, P()),
+        out_specs=(P(), P(), rows_spec), check_vma=False)(params, batch_ABL, draws, norm_A)
+    poison = jnp.where(jnp.any(faults == state['step'] + 1), jnp.nan, 1.0)
+    grads = jax.tree.map(lambda g: g * (poison / accumulation), grads)
+    metrics = {**jax.tree.map(jnp.mean, metrics), **losses.param_metrics(params, model),
+               'grad_norm': optax.tree.norm(grads)}
     updates, opt_state = tx.update(grads, state['opt_state'], params)
-    new = dict(state, step=state['step'] + 1, params=optax.apply_updates(params, updates),
-               opt_state=opt_state)
+    new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
     if ema_decay:
       new['ema'] = state_lib.ema_update(state['ema'], new['params'], ema_decay)
     if 'noise' in state:  # the running CE curve, and at refresh steps a new proposal
       new['noise'] = noise.update(state['noise'], rows['lam'].reshape(-1),
-                                  rows['ce'].reshape(-1), new['step'], c.diffusion,
+                                  rows['ce'].reshape(-1), state['step'] + 1, c.diffusion,
                                   rows['weight'].reshape(-1))
+    ok = (jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+          & (state['faults']['streak'] < max_bad))
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)  # a bad step: no update
+    new['step'] = state['step'] + 1
+    new['faults'] = {'skipped': state['faults']['skipped'] + (~ok).astype(jnp.int32),
+                     'streak': jnp.where(ok, 0, state['faults']['streak'] + 1)}
+    metrics.update(skipped_steps=new['faults']['skipped'], bad_streak=new['faults']['streak'])
     return new, metrics
   return train_step
 
@@ -186,7 +223,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
     log(f'label: {label.spec}, values {", ".join(label.values)} (dropped from '
         f'{c.diffusion.label_dropout:.0%} of rows for guidance)')
   step_fn = jax.jit(make_train_step(model, tx, c, accumulation,
-                                    None if label is None else jnp.asarray(label.patterns)),
+                                    None if label is None else jnp.asarray(label.patterns), mesh),
                     in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                     donate_argnums=(0,))
   eval_config = ml_collections.FrozenConfigDict(c)
@@ -235,6 +272,19 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
     last_logged = (done, now)
     _log_step(log, record, T)
     metrics_log.write(record)
+    check_faults(record['bad_streak'])
+
+  def check_faults(streak) -> None:
+    """Stop once train.max_bad_steps steps in a row were skipped (`make_train_step`), before
+    anything after the fault is saved: the last checkpoint stays the last good state."""
+    streak = int(streak)
+    if streak >= c.train.max_bad_steps:
+      ckpts.close()
+      last = ckpts.latest_step()
+      raise DlmError(f'{streak} steps in a row had a non-finite loss or gradient and were '
+                     f'skipped: stopping. The last checkpoint ({last if last is not None else "none"}'
+                     f') is from before the fault; lower the learning rate or check the data, '
+                     f'then run the same command to resume from it')
 
   pending = None
   for step in range(start, T):
@@ -247,6 +297,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       log(f'step {step + 1}: val_loss {val:.4f}')
       metrics_log.write({'step': step + 1, 'val_loss': val, **curve_record(state)})
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
+      check_faults(state['faults']['streak'])
       ckpts.save(step + 1, state, train_iter, layout=layout)
     if stop_after is not None and step + 1 >= stop_after:
       report(*pending)
@@ -254,6 +305,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
       return None
   if pending is not None:
     report(*pending)
+  check_faults(state['faults']['streak'])
   if ckpts.latest_step() != T:
     ckpts.save(T, state, train_iter, force=True, layout=layout)
   ckpts.close()
@@ -271,6 +323,8 @@ def _log_step(log, r: dict, total: int) -> None:
                     ('mfu', '.1%')):
     if name in r:
       parts.append(f'{name} {r[name]:{fmt}}')
+  if r.get('skipped_steps'):
+    parts.append(f'{r["skipped_steps"]:.0f} steps skipped (non-finite)')
   parts.append(f'{_clock(r["elapsed_s"])} elapsed'
                + (f', ETA {_clock(r["eta_s"])}' if 'eta_s' in r else ''))
   log(' | '.join(parts))

@@ -96,13 +96,14 @@ def test_trained_bound_stays_above_and_approaches_the_entropy_rate():
   model = Transformer(ModelConfig(vocab_size=V, n_layer=2, n_head=2, n_embd=64, sequence_len=L,
                                   diffusion_dim=8))
   params = model.init(jax.random.key(0), np.zeros((1, L, 8), np.float32), np.zeros((1,)))
-  dc = tiny_config(**{'diffusion.self_condition': False}).diffusion
+  c = tiny_config(**{'diffusion.self_condition': False})
+  dc = c.diffusion
   q = noise.proposal(noise.init_state(dc, 8, V))
   tx = optax.adam(3e-3)
 
   @jax.jit
   def step(params, opt, tokens, key):
-    grads = jax.grad(lambda p: losses.diffusion_loss(p, model, tokens, key, dc, q)[0])(params)
+    grads = jax.grad(lambda p: losses.loss_fn(p, model, tokens, key, c, q)[0])(params)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt
 

@@ -94,3 +94,69 @@ def test_fsdp_resumes_a_one_device_checkpoint_on_the_same_curve_with_an_eighth_o
   np.testing.assert_allclose(r['losses'], one['losses'], rtol=1e-4)
   np.testing.assert_allclose(r['bits'], one['bits'], rtol=1e-4)
   assert r['memory']['fsdp'] <= r['memory']['replicated'] / 6, r['memory']
+
+
+_COMPILED = '''
+import json, re, sys
+sys.path.insert(0, 'tests')
+import jax, jax.numpy as jnp
+from conftest import tiny_config
+from dlm import checkpoint, config as config_lib, sharding, state as state_lib, train
+
+COLLECTIVE = re.compile(
+    r'[\\]})] (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?:-start)?\\(')
+
+def collectives(fsdp):
+  """{'loops': collectives reachable from any while-loop body, 'top': the others} of the
+  compiled train step with 2 micro-batches per step on 8 devices."""
+  c = tiny_config(**{'train.device_batch_size': 2, 'train.total_batch_size': 2 * 8 * 16 * 2,
+                     'train.fsdp': fsdp})
+  sharding.use_fsdp(fsdp)
+  mesh = sharding.make_mesh()
+  A = config_lib.accumulation_steps(c, 8)
+  model, tx, init_fn = state_lib.create(config_lib.model_config(c, 320), c)
+  target = checkpoint.abstract_state(init_fn, mesh)
+  batch = sharding.batch_sharding(mesh, batch_axis=1)
+  rep = sharding.replicated(mesh)
+  step = jax.jit(train.make_train_step(model, tx, c, A, None, mesh),
+                 in_shardings=(jax.tree.map(lambda x: x.sharding, target), batch, rep))
+  hlo = step.lower(target, jax.ShapeDtypeStruct((A, 16, 16), jnp.int32, sharding=batch),
+                   jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
+                   ).compile().as_text()
+  comps = {re.match(r'(?:ENTRY )?%?([\\w.\\-]+)', b).group(1): b
+           for b in re.split(r'\\n\\n(?=\\S)', hlo) if b.strip() and not b.startswith('HloModule')}
+  looped = set()
+  def reach(name):
+    if name in comps and name not in looped:
+      looped.add(name)
+      for callees in re.findall(r'(?:calls|to_apply|body|condition|branch_computations)='
+                                r'\\{?%?([\\w.\\-]+(?:, %?[\\w.\\-]+)*)', comps[name]):
+        for callee in re.split(r', %?', callees):
+          reach(callee)
+  for body in re.findall(r'body=%?([\\w.\\-]+)', hlo):
+    reach(body)
+  return {'accumulation': A, 'while_loops': len(re.findall(r' while\\(', hlo)),
+          'loops': [op for n in looped for op in COLLECTIVE.findall(comps[n])],
+          'top': [op for n, b in comps.items() if n not in looped for op in COLLECTIVE.findall(b)]}
+
+json.dump({'dp': collectives(1), 'fsdp': collectives(8)}, open(sys.argv[1], 'w'))
+'''
+
+
+def test_compiled_step_reduces_gradients_once_per_step_outside_the_accumulation_loop(tmp_path):
+  """The compiled train step with 2 micro-batches on 8 devices: no collective inside any
+  while loop (the accumulation scan, the layer scan, the self-conditioning pass), one
+  gradient all-reduce after it, and nothing moving rows between devices."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  out = tmp_path / 'hlo.json'
+  proc = subprocess.run([sys.executable, '-c', _COMPILED, str(out)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(out.read_text())
+  for mode in ('dp', 'fsdp'):
+    assert r[mode]['accumulation'] == 2 and r[mode]['while_loops'] >= 2, r[mode]
+    assert r[mode]['loops'] == [], (mode, r[mode]['loops'])
+    assert 'all-reduce' in r[mode]['top'], r[mode]
+    assert not {'all-to-all', 'collective-permute'} & set(r[mode]['top']), r[mode]
+  assert r['dp']['top'].count('all-reduce') == 1, r['dp']  # gradients and metrics, one tuple

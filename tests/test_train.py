@@ -5,9 +5,11 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from dlm import checkpoint, sampling, train
+from dlm.errors import DlmError
 
 
 def _losses(workdir):
@@ -121,3 +123,47 @@ def test_resuming_with_other_windows_per_step_is_refused_before_anything_changes
   with pytest.raises(DlmError, match='windows_per_step 4 there, 2 here'):
     train.train(c, str(tmp_path), log=lambda *a, **k: None)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+
+
+def _records(workdir):
+  with open(workdir / 'metrics.jsonl') as f:
+    return {r['step']: r for r in map(json.loads, f) if 'loss' in r}
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path, quiet, monkeypatch):
+  """Step 2's gradient is NaN: the update is skipped inside the jitted step (the weights after
+  step 2 are those after step 1), counted, and the run goes on to a finite result."""
+  monkeypatch.setattr(train, 'FAULT_STEPS', (2,))
+  c = tiny_config(**{'train.num_iterations': 4, 'train.checkpoint_every': 1,
+                     'train.keep_checkpoints': 10})
+  result = train.train(c, str(tmp_path), log=quiet)
+  r = _records(tmp_path)
+  assert [r[s]['skipped_steps'] for s in (1, 2, 3, 4)] == [0, 1, 1, 1]
+  assert [r[s]['bad_streak'] for s in (1, 2, 3, 4)] == [0, 1, 0, 0]
+  assert np.isnan(r[2]['grad_norm']) and np.isfinite(r[3]['grad_norm'])
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=10)
+  _, _, init_fn = train.state_lib.create(train.config_lib.model_config(c, 320), c)
+  target = checkpoint.abstract_state(init_fn, train.sharding.make_mesh())
+  p1, p2, p3 = (ckpts.restore(s, target)['params'] for s in (1, 2, 3))
+  ckpts.close()
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p3)))
+  assert np.isfinite(result['bits_per_token'])
+
+
+def test_persistent_non_finite_steps_stop_the_run_with_the_last_good_checkpoint(
+    tmp_path, quiet, monkeypatch):
+  """From step 4 on every gradient is NaN: after train.max_bad_steps = 2 the run stops with a
+  one-line error, nothing past checkpoint 3 is saved, and once the fault is gone the same
+  command resumes from 3 on the uninterrupted run's curve."""
+  c = tiny_config(**{'train.max_bad_steps': 2})
+  train.train(c, str(tmp_path / 'full'), log=quiet)
+  monkeypatch.setattr(train, 'FAULT_STEPS', tuple(range(4, 7)))
+  with pytest.raises(DlmError, match=r'2 steps in a row had a non-finite .* checkpoint \(3\)'):
+    train.train(c, str(tmp_path / 'cut'), log=quiet)
+  assert checkpoint.Checkpoints(str(tmp_path / 'cut'), read_only=True).steps() == [3]
+  monkeypatch.setattr(train, 'FAULT_STEPS', ())
+  train.train(c, str(tmp_path / 'cut'), log=quiet)
+  a, b = _losses(tmp_path / 'full'), _losses(tmp_path / 'cut')
+  assert sorted(b) == list(range(1, 7))
+  np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
