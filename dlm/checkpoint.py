@@ -99,8 +99,9 @@ class Checkpoints:
       self.manager.wait_until_finished()
     except Exception as e:
       self._failed(step, e)
-    if sharding.is_main_process():
-      write_manifest(os.path.join(self.directory, str(step)))
+    path = os.path.join(self.directory, str(step))
+    if sharding.is_main_process() and os.path.isdir(path):
+      write_manifest(path)
 
   def _failed(self, step: int, e: Exception):
     """A save failed: stop with one line. Orbax deletes old checkpoints only after a new one is
@@ -114,10 +115,13 @@ class Checkpoints:
                    f'checkpoints ({", ".join(map(str, kept)) or "none"}) are untouched: make '
                    'room and run the same command to resume') from None
 
-  def problem(self, step: int) -> str | None:
+  def problem(self, step: int, items=('state',)) -> str | None:
     """What is wrong with checkpoint `step` on disk (a file missing or of another size than
-    its manifest says, no state metadata), or None."""
+    its manifest says, one of `items` or the state's metadata missing), or None."""
     path = os.path.join(self.directory, str(step))
+    for item in items:
+      if not os.path.isdir(os.path.join(path, item)):
+        return f'it has no {item}'
     try:
       with open(os.path.join(path, MANIFEST)) as f:
         sizes = json.load(f)
@@ -142,12 +146,21 @@ class Checkpoints:
     Damaged ones (`problem`, or a restore that fails) are reported in one line each and renamed
     aside, and the one before is tried. A config or layout mismatch is no damage: it stops the
     run (DlmError) with nothing renamed."""
+    items = ('state',) if data_iterator is None else ('state', 'data')
     while True:
-      step = self._newest_intact()
+      step = self._newest_intact(items)
       if step is None:
         return None, None
-      self.check_layout(step, layout)
-      state, error = _attempt(lambda: self.restore(step, abstract_state, data_iterator))
+
+      def read(step=step):
+        self.check_layout(step, layout)
+        if data_iterator is not None:  # grain would call its missing file a config mismatch
+          name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+          if not os.path.isfile(os.path.join(self.directory, str(step), 'data', name)):
+            raise FileNotFoundError(f'data/{name} is missing')
+        return self.restore(step, abstract_state, data_iterator)
+
+      state, error = _attempt(read)
       if error is None:
         return step, state
       if jax.process_count() > 1:  # the processes could disagree on what to do next
@@ -155,13 +168,13 @@ class Checkpoints:
                        'move it aside and run the same command')
       self._set_aside(step, f'it cannot be read: {error}')
 
-  def _newest_intact(self):
+  def _newest_intact(self, items):
     """The newest checkpoint without a `problem`, after setting aside the damaged newer ones;
     None if there is none. All processes look before process 0 renames anything."""
     self.manager.reload()
     bad = []
     for step in sorted(self.steps(), reverse=True):
-      problem = self.problem(step)
+      problem = self.problem(step, items)
       if problem is None:
         break
       bad.append((step, problem))
@@ -299,23 +312,38 @@ def _quiet_write_errors(record) -> bool:
 
 
 def _attempt(read):
-  """(read(), None), or (None, the error's first line) if it raises anything but a DlmError.
+  """(read(), None), or (None, the error's first line) if the checkpoint cannot be read. A
+  DlmError (a config mismatch) or running out of memory is no damage, and is raised.
 
   A failed restore leaves Orbax's read coroutines behind, and each prints its exception with a
   long TensorStore spec ('Exception ignored in ...') when it is collected: they are collected
   here, with that printing off, once the error has been caught and dropped."""
   hook = sys.unraisablehook
   sys.unraisablehook = lambda unraisable: None
+  failed = True
   try:
     try:
-      return read(), None
+      result, failed = read(), False
+      return result, None
     except DlmError:
       raise
     except Exception as e:
+      if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
+        raise
       return None, _first_line(e)
   finally:
     gc.collect()
-    sys.unraisablehook = hook
+    sys.unraisablehook = _without_closed_loop_errors(hook) if failed else hook
+
+
+def _without_closed_loop_errors(hook):
+  """`hook`, silent about the abandoned reads of a failed restore that call back into their
+  event loop after it has closed (RuntimeError: Event loop is closed), which can happen later."""
+  def filtered(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and 'Event loop is closed' in str(e)):
+      hook(unraisable)
+  return filtered
 
 
 def abstract_state(init_fn, mesh):
