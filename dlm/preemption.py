@@ -9,7 +9,10 @@ C++, and agrees on the step with the other processes through the coordination se
 SIGTERM is left to JAX and the other signals are forwarded to it as SIGTERM.
 
 The first signal restores the default action of all three, so a second one ends the process at
-once (non-zero exit, no checkpoint), whatever the loop is doing.
+once (non-zero exit, no checkpoint), whatever the loop is doing; with several processes, where
+JAX keeps SIGTERM and only notes a second one, that is a second SIGINT or SIGUSR1. (A signal
+that arrives while the first one's handler waits for the main thread to leave a long call into
+XLA counts as the same one.)
 """
 
 import os

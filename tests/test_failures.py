@@ -247,6 +247,10 @@ def test_the_guard_stops_on_each_signal_and_restores_the_handlers_after_the_loop
   for step in preemption.Guard().steps(0, 5):  # leaving the loop early restores them too
     break
   assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
+  with pytest.raises(ValueError):  # and so does an error
+    for step in preemption.Guard().steps(0, 5):
+      raise ValueError
+  assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
 
 
 # ---- damaged checkpoints, a full disk -------------------------------------------------------
