@@ -229,6 +229,8 @@ def _train(workdir: str) -> None:
   except OSError as e:  # config_flags defers a failed load until the config is used
     raise DlmError(f'cannot load the config: {" ".join(str(e).split())}')
   result = train.train(c, workdir)
+  if result is None:  # stopped by a signal, with a checkpoint: the same command resumes
+    return
   rel = '=' if result.get('likelihood', '').startswith('exact') else '<='
   if sharding.is_main_process():
     mc = result.get('bits_per_token_mc_stderr')

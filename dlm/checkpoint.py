@@ -6,10 +6,22 @@ JSON file per process, grain's own Orbax handler), so a resumed run continues wi
 next batch. Saves are asynchronous; `close()` waits for the last one, since an unfinished async
 save is silently lost when the process exits. The iterator item is written synchronously,
 inside `save`, before the training loop draws the next batch.
+
+Damage. Orbax writes a checkpoint under a temporary name and renames it when complete, so a
+process killed mid-save leaves no half checkpoint under a step's name (the temporary directory
+is removed when the next run opens the directory). What it cannot see is damage after the fact:
+a file truncated or deleted by a full or failing disk, a botched copy. Once a save is complete,
+process 0 writes `dlm_manifest.json` into it (the size of every file), and a checkpoint whose
+files disagree with it, or that fails to restore, is renamed `<step>.corrupt` (kept for
+inspection; Orbax ignores the name) and the one before it is used.
 """
 
+import contextlib
 import dataclasses
+import gc
+import json
 import os
+import sys
 
 import grain
 import jax
@@ -23,10 +35,15 @@ from dlm.model import ModelConfig, Transformer
 from dlm.tokenizer import Tokenizer
 
 
+MANIFEST = 'dlm_manifest.json'
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.read_only = read_only
+    self._pending = None  # the step of the save in flight
     if read_only and not os.path.isdir(self.directory):
       raise DlmError(f'no checkpoints in {workdir}: train first (python main.py --workdir={workdir})')
     # A read-only manager makes Orbax warn three times that it will not save; loading a run
@@ -40,13 +57,16 @@ class Checkpoints:
       self.manager = ocp.CheckpointManager(
           self.directory,
           options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                               read_only=read_only),
+                                               read_only=read_only,
+                                               cleanup_tmp_directories=not read_only),
           item_handlers={'state': ocp.PyTreeCheckpointHandler() if read_only
                          else ocp.StandardCheckpointHandler(),
                          'data': grain.checkpoint.CheckpointHandler(),
                          'layout': ocp.JsonCheckpointHandler()})
     finally:
       logging.set_verbosity(verbosity)
+    if not read_only:  # a failed write is reported by `save` or `close` in one line instead
+      logging.get_absl_logger().addFilter(_quiet_write_errors)
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -58,12 +78,131 @@ class Checkpoints:
            layout: dict | None = None) -> None:
     """layout: how the data iterator's position reads (windows per step, processes), which a
     resumed run must match to continue the same data (`check_layout`)."""
+    self._settle()
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     if layout is not None:
       items['layout'] = ocp.args.JsonSave(layout)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # a full disk, a lost mount
+      self._failed(step, e)
+    self._pending = step
+
+  def _settle(self) -> None:
+    """Wait for the save in flight, then write its manifest."""
+    step, self._pending = self._pending, None
+    if step is None:
+      return
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      self._failed(step, e)
+    path = os.path.join(self.directory, str(step))
+    if sharding.is_main_process() and os.path.isdir(path):
+      write_manifest(path)
+
+  def _failed(self, step: int, e: Exception):
+    """A save failed: stop with one line. Orbax deletes old checkpoints only after a new one is
+    complete, so the earlier ones are as they were."""
+    with contextlib.suppress(Exception):
+      self.manager.close()
+    logging.get_absl_logger().removeFilter(_quiet_write_errors)
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+    kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    raise DlmError(f'cannot write checkpoint {step} in {self.directory}: {reason}; the earlier '
+                   f'checkpoints ({", ".join(map(str, kept)) or "none"}) are untouched: make '
+                   'room and run the same command to resume') from None
+
+  def problem(self, step: int, items=('state',)) -> str | None:
+    """What is wrong with checkpoint `step` on disk (a file missing or of another size than
+    its manifest says, one of `items` or the state's metadata missing), or None."""
+    path = os.path.join(self.directory, str(step))
+    for item in items:
+      if not os.path.isdir(os.path.join(path, item)):
+        return f'it has no {item}'
+    try:
+      with open(os.path.join(path, MANIFEST)) as f:
+        sizes = json.load(f)
+    except FileNotFoundError:
+      sizes = {}  # killed before the manifest was written, or an older run: restore decides
+    except (OSError, ValueError) as e:
+      return f'its manifest is unreadable: {_first_line(e)}'
+    for name, size in sorted(sizes.items()):
+      try:
+        have = os.path.getsize(os.path.join(path, name))
+      except OSError:
+        return f'{name} is missing'
+      if have != size:
+        return f'{name} has {have} bytes, {size} when saved'
+    if not os.path.isfile(os.path.join(path, 'state', '_METADATA')):
+      return 'state/_METADATA is missing'
+    return None
+
+  def restore_latest(self, abstract_state, data_iterator, layout: dict):
+    """(step, state) from the newest usable checkpoint, (None, None) when there is none.
+
+    Damaged ones (`problem`, or a restore that fails) are reported in one line each and renamed
+    aside, and the one before is tried. A config or layout mismatch is no damage: it stops the
+    run (DlmError) with nothing renamed."""
+    items = ('state',) if data_iterator is None else ('state', 'data')
+    while True:
+      step = self._newest_intact(items)
+      if step is None:
+        return None, None
+
+      def read(step=step):
+        self.check_layout(step, layout)
+        if data_iterator is not None:  # grain would call its missing file a config mismatch
+          name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+          if not os.path.isfile(os.path.join(self.directory, str(step), 'data', name)):
+            raise FileNotFoundError(f'data/{name} is missing')
+        return self.restore(step, abstract_state, data_iterator)
+
+      state, error = _attempt(read)
+      if error is None:
+        return step, state
+      if jax.process_count() > 1:  # the processes could disagree on what to do next
+        raise DlmError(f'checkpoint {step} in {self.directory} cannot be read ({error}): '
+                       'move it aside and run the same command')
+      self._set_aside(step, f'it cannot be read: {error}')
+
+  def _newest_intact(self, items):
+    """The newest checkpoint without a `problem`, after setting aside the damaged newer ones;
+    None if there is none. All processes look before process 0 renames anything."""
+    self.manager.reload()
+    bad = []
+    for step in sorted(self.steps(), reverse=True):
+      problem = self.problem(step, items)
+      if problem is None:
+        break
+      bad.append((step, problem))
+    else:
+      step = None
+    sharding.barrier('checkpoint checks')
+    for s, problem in bad:
+      self._set_aside(s, problem)
+    aside = sorted(n for n in os.listdir(self.directory) if '.corrupt' in n)
+    if step is None and aside:
+      raise DlmError(f'no usable checkpoint in {self.directory}: {", ".join(aside)} are damaged. '
+                     'Restore them, or move them away to start the run over')
+    return step
+
+  def _set_aside(self, step: int, problem: str) -> None:
+    """Rename a damaged checkpoint to <step>.corrupt, which Orbax does not list: it is never
+    tried again, and nothing is deleted."""
+    if sharding.is_main_process():
+      path = os.path.join(self.directory, str(step))
+      aside, n = path + '.corrupt', 1
+      while os.path.exists(aside):
+        n += 1
+        aside = f'{path}.corrupt{n}'
+      os.rename(path, aside)
+      print(f'warning: checkpoint {step} in {self.directory} is damaged ({problem}); renamed '
+            f'it {os.path.basename(aside)} and going back to the one before', file=sys.stderr)
+    sharding.barrier('checkpoint set aside')
+    self.manager.reload()
 
   def check_layout(self, step: int, layout: dict) -> None:
     """Refuse to resume when the data position of checkpoint `step` means other windows here.
@@ -130,8 +269,81 @@ class Checkpoints:
     return {p: restored['state'][p] for p in parts}
 
   def close(self) -> None:
+    if not self.read_only:
+      self._settle()
+      logging.get_absl_logger().removeFilter(_quiet_write_errors)
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def write_manifest(path: str) -> None:
+  """The size of every file of the complete checkpoint at `path`, in path/dlm_manifest.json,
+  written whole or not at all (a torn manifest would condemn a good checkpoint)."""
+  sizes = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      sizes[os.path.relpath(full, path)] = os.path.getsize(full)
+  sizes.pop(MANIFEST, None)
+  tmp = os.path.join(path, MANIFEST + '.tmp')
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(sizes, f, indent=0, sort_keys=True)
+    os.replace(tmp, os.path.join(path, MANIFEST))
+  except OSError as e:  # the checkpoint itself is complete; it goes unchecked, that is all
+    print(f'warning: cannot write the manifest of {path}: {e.strerror}', file=sys.stderr)
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+
+
+def _first_line(e: BaseException) -> str:
+  """The error in one line, from its root cause (Orbax wraps TensorStore's errors in a
+  message made mostly of a TensorStore spec)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = ' '.join(str(e).split()) or type(e).__name__
+  return text[:200] + ('...' if len(text) > 200 else '')
+
+
+def _quiet_write_errors(record) -> bool:
+  """Orbax logs a failed write with its traceback before raising it; `save` and `close`
+  report it in one line."""
+  return not (record.exc_info and isinstance(record.exc_info[1], OSError))
+
+
+def _attempt(read):
+  """(read(), None), or (None, the error's first line) if the checkpoint cannot be read. A
+  DlmError (a config mismatch) or running out of memory is no damage, and is raised.
+
+  A failed restore leaves Orbax's read coroutines behind, and each prints its exception with a
+  long TensorStore spec ('Exception ignored in ...') when it is collected: they are collected
+  here, with that printing off, once the error has been caught and dropped."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  failed = True
+  try:
+    try:
+      result, failed = read(), False
+      return result, None
+    except DlmError:
+      raise
+    except Exception as e:
+      if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
+        raise
+      return None, _first_line(e)
+  finally:
+    gc.collect()
+    sys.unraisablehook = _without_closed_loop_errors(hook) if failed else hook
+
+
+def _without_closed_loop_errors(hook):
+  """`hook`, silent about the abandoned reads of a failed restore that call back into their
+  event loop after it has closed (RuntimeError: Event loop is closed), which can happen later."""
+  def filtered(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and 'Event loop is closed' in str(e)):
+      hook(unraisable)
+  return filtered
 
 
 def abstract_state(init_fn, mesh):
@@ -170,12 +382,25 @@ def load_run(workdir: str, checkpoint: int | None = None) -> Run:
   steps = ckpts.steps()
   if not steps:
     raise DlmError(f'no checkpoint in {workdir}: train first')
-  step = steps[-1] if checkpoint is None else checkpoint
-  if step not in steps:
-    raise DlmError(f'no checkpoint {step} in {workdir}; available: {sorted(steps)}')
+  if checkpoint is not None and checkpoint not in steps:
+    raise DlmError(f'no checkpoint {checkpoint} in {workdir}; available: {sorted(steps)}')
   target = abstract_state(init_fn, sharding.make_mesh())
   parts = ('ema' if 'ema' in target else 'params',) + (('noise',) if 'noise' in target else ())
-  state = ckpts.restore_parts(step, target, parts)
+  # The latest usable checkpoint: a damaged one is skipped with a warning (training, which may
+  # write here, is what renames it aside). A checkpoint asked for by number is that one or none.
+  for step in sorted(steps, reverse=True) if checkpoint is None else [checkpoint]:
+    problem = ckpts.problem(step)
+    if problem is None:
+      state, error = _attempt(lambda: ckpts.restore_parts(step, target, parts))
+      if error is None:
+        break
+      problem = f'it cannot be read: {error}'
+    if checkpoint is not None:
+      raise DlmError(f'checkpoint {step} in {ckpts.directory} is damaged ({problem})')
+    print(f'warning: checkpoint {step} in {ckpts.directory} is damaged ({problem}); trying '
+          'the one before', file=sys.stderr)
+  else:
+    raise DlmError(f'no usable checkpoint in {ckpts.directory}: all {len(steps)} are damaged')
   ckpts.close()
   return Run(c, mcfg, model, state_lib.sampling_params(state), state_lib.proposal(state), tok,
              step, workdir)

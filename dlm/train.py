@@ -6,6 +6,7 @@ every checkpoint and the noise of step N is a function of (seed, N), continues t
 curve of an uninterrupted run.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dlm import checkpoint, data, evaluate, labels, losses, noise, sharding
+from dlm import checkpoint, data, evaluate, labels, losses, noise, preemption, runlock, sharding
 from dlm import config as config_lib
 from dlm import state as state_lib
 from dlm.errors import DlmError
@@ -133,19 +134,24 @@ def _check_workdir_config(c, workdir: str) -> None:
 
 
 class MetricsLog:
-  """workdir/metrics.jsonl, one JSON object per logged step, appended across resumes."""
+  """workdir/metrics.jsonl, one JSON object per logged step, appended across resumes.
 
-  def __init__(self, workdir: str, resume_step: int):
+  A run first drops the records it is about to write again: those after the checkpoint it
+  resumes from (all of them when it starts afresh), and the final evaluation when it resumes at
+  the last step (killed during it), so no step appears twice; and a torn last line left by a
+  kill mid-write. The new file replaces the old one whole (os.replace), so a kill during the
+  rewrite leaves one or the other."""
+
+  def __init__(self, workdir: str, resume_step: int, last_step: int | None = None):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.enabled = sharding.is_main_process()
     if not self.enabled:
       return
-    kept = []
-    if os.path.exists(self.path):  # drop lines from after the checkpoint we resume from
-      with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
-    with open(self.path, 'w') as f:
+    kept = [line for line, r in _whole_records(self.path)
+            if _kept(r.get('step', 0), 'loss' in r, resume_step, last_step)]
+    with open(self.path + '.tmp', 'w') as f:
       f.writelines(kept)
+    os.replace(self.path + '.tmp', self.path)
 
   def write(self, record: dict) -> None:
     if not self.enabled:
@@ -154,13 +160,42 @@ class MetricsLog:
       f.write(json.dumps(record) + '\n')
 
 
+def _kept(step: int, is_loss: bool, resume_step: int, last_step: int | None) -> bool:
+  """Whether a record of `step` stays when the run resumes at `resume_step`."""
+  if resume_step == 0:  # starting afresh, the run writes everything again
+    return False
+  if step == resume_step == last_step:  # resuming after the loop: the final evaluation again
+    return is_loss
+  return step <= resume_step
+
+
+def _whole_records(path: str):
+  """(line, record) for each line of `path` that holds a whole JSON object."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict):
+        yield line.rstrip('\n') + '\n', record
+
+
 def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(print, flush=True),
           stop_after: int | None = None):
-  """Train (or resume) the run in `workdir`; returns the final evaluation dict.
+  """Train (or resume) the run in `workdir`; returns the final evaluation dict, or None when
+  stopped early by a signal (`dlm.preemption`), with a checkpoint at the step it stopped.
 
   `stop_after` simulates a preemption: the loop ends after that step with no final save or
   evaluation (returns None), as if the process had been killed.
   """
+  with contextlib.ExitStack() as held:  # the workdir's lock, once taken
+    return _train(c, workdir, log, stop_after, held)
+
+
+def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   # ---- config and mesh -------------------------------------------------------------
   if not sharding.is_main_process():
     log = lambda *a, **k: None
@@ -172,6 +207,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   accumulation = config_lib.accumulation_steps(c, n_dev)
   _check_workdir_config(c, workdir)
   os.makedirs(workdir, exist_ok=True)
+  if sharding.is_main_process():  # one run per workdir
+    held.enter_context(runlock.hold(workdir))
 
   # ---- data ------------------------------------------------------------------------
   tok, data_dir, manifest = data.for_training(c, workdir, log)
@@ -196,14 +233,12 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   state_sh = jax.tree.map(lambda x: x.sharding, target)
   ckpts = checkpoint.Checkpoints(workdir, keep=c.train.keep_checkpoints)
   layout = {'windows_per_step': B * accumulation, 'processes': jax.process_count()}
-  start = ckpts.latest_step()
+  start, state = ckpts.restore_latest(target, train_iter, layout)
   if start is None:
     # Initialised in place: each device computes only its own shards.
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(c.seed))
     start = 0
   else:
-    ckpts.check_layout(start, layout)
-    state = ckpts.restore(start, target, train_iter)
     log(f'resuming from checkpoint {start} in {workdir}')
   n_params = count_params(state['params'])
   fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
@@ -230,7 +265,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   train_key = jax.random.key(c.seed + 1)
   peak = peak_flops(jax.devices()[0])
   tokens_per_step = B * accumulation * L
-  metrics_log = MetricsLog(workdir, start)
+  metrics_log = MetricsLog(workdir, start, c.train.num_iterations)
 
   def get_batch():
     return sharding.to_device(next(train_iter), batch_sh)  # this process's rows
@@ -287,7 +322,8 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
                      f'then run the same command to resume from it')
 
   pending = None
-  for step in range(start, T):
+  guard = preemption.Guard()
+  for step in guard.steps(start, T):  # SIGTERM & co. handled while the loop runs
     state, metrics = step_fn(state, get_batch(), train_key)
     if pending is not None:
       report(*pending)
@@ -302,6 +338,14 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
     if stop_after is not None and step + 1 >= stop_after:
       report(*pending)
       ckpts.close()
+      return None
+    if guard.should_stop(step + 1):
+      report(*pending)
+      if ckpts.latest_step() != step + 1:
+        ckpts.save(step + 1, state, train_iter, force=True, layout=layout)
+      ckpts.close()
+      log(f'preempted at step {step + 1}: checkpoint saved in {ckpts.directory}; run the same '
+          'command to resume')
       return None
   if pending is not None:
     report(*pending)

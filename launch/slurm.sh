@@ -12,10 +12,12 @@
 #SBATCH --time=24:00:00
 #SBATCH --output=dlm-%j.out
 #SBATCH --requeue
+#SBATCH --signal=USR1@120
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
-# A requeued (preempted) job reruns this same command and resumes from its last checkpoint;
-# the steps since that checkpoint are trained again.
+# SIGUSR1 two minutes before the time limit, and the SIGTERM of a preemption or scancel, make
+# training checkpoint at the current step (all nodes at the same one) and exit 0. A requeued job
+# reruns this same command and resumes from that checkpoint; so does a resubmitted one.
 cmd=(python main.py --distributed --workdir="${WORKDIR:-runs/slurm-${SLURM_JOB_NAME:-dlm}}" "$@")
 if [[ -n "${DRY_RUN:-}" ]]; then
   echo "each of ${SLURM_JOB_NUM_NODES:-the} node(s), one task: srun $(printf '%q ' "${cmd[@]}")"
