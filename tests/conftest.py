@@ -50,3 +50,13 @@ def tiny_config(**overrides):
 @pytest.fixture
 def quiet():
   return lambda *a, **k: None
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """A tiny diffusion run (tiny_config(): 6 steps, checkpoints 3 and 6), trained once per
+  session. Tests only read it; one that must change a run works on a copy."""
+  from dlm import train
+  workdir = tmp_path_factory.mktemp('trained')
+  train.train(tiny_config(), str(workdir), log=lambda *a, **k: None)
+  return workdir

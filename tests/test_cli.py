@@ -24,10 +24,8 @@ def _assert_one_line_error(proc, message):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run')
-  train.train(tiny_config(), str(workdir), log=lambda *a: None)
-  return workdir
+def trained(trained_workdir):
+  return trained_workdir
 
 
 def test_sample_writes_jsonl_with_text_seed_and_settings(trained, tmp_path):
