@@ -107,6 +107,8 @@ ROWS = [
     Row('guidance_without_label', 'trained', (*SAMPLE, '--guidance=2'),
         '--guidance steers towards a --label'),
     Row('label_on_unlabelled_run', 'trained', (*SAMPLE, '--label=yes'), 'trained without labels'),
+    Row('negative_guidance', 'trained', (*SAMPLE, '--label=yes', '--guidance=-2'),
+        '--guidance=-2: the guidance scale must be >= 0'),
     Row('output_is_run_file', 'trained', (*SAMPLE, '--output={wd}/config.json'),
         "would overwrite the run's own config.json"),
     Row('output_unwritable', 'trained', (*SAMPLE, '--output={inputs}/empty.txt/out.jsonl'),
@@ -120,7 +122,8 @@ ROWS = [
         '--bound_samples must be >= 2'),
     Row('scorer_not_autoregressive', 'trained', (*EVAL, '--scorer={wd}'),
         'is not an autoregressive run'),
-    Row('eval_bad_sampler', 'trained', (*EVAL, '--sampler=euler'), "--sampler='euler'"),
+    Row('eval_bad_self_condition', 'trained', (*EVAL, '--self_condition=twice'),
+        "--self_condition='twice': expected one of"),
 ]
 
 
@@ -213,6 +216,6 @@ def test_bad_invocation(results, row):
   proc, before, after = results[row.id]
   assert proc.returncode != 0, proc.stdout[-2000:]
   assert 'Traceback' not in proc.stderr, proc.stderr
-  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
-  assert len(errors) == 1 and row.message in errors[0], proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: ') and row.message in lines[0], proc.stderr
   assert after == before, 'the workdir changed'
