@@ -14,7 +14,6 @@ import pytest
 os.environ['HF_HUB_OFFLINE'] = '1'
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
 jax.config.update('jax_compilation_cache_dir', str(ROOT / '.jax_cache'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

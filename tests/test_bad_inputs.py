@@ -1,6 +1,6 @@
 """Bad invocations of main.py, one row each. Every row must exit non-zero with one line naming
-the problem, print no traceback, and leave every file of its workdir as it was (sizes, times
-and contents).
+the problem, print no traceback, leave every file of its workdir as it was (sizes, times and
+contents) and write nothing in its working directory.
 
 The rows run as subprocesses, a few at a time, in one module fixture; each test then reads
 its row's result.
@@ -83,7 +83,7 @@ ROWS = [
     Row('workdir_is_a_file', 'file', TRAIN, 'is a file, not a directory'),
     Row('workdir_below_a_file', 'below_file', TRAIN, 'cannot create the workdir'),
     Row('remote_workdir', 'new', ('--config={inputs}/tiny.py', '--workdir=gs://bucket/run'),
-        'remote URLs'),
+        '--workdir=gs://bucket/run: remote URLs are not read'),  # and no local folder 'gs:'
     Row('sample_empty_workdir', 'empty', SAMPLE, 'no config.json'),
     Row('sample_missing_workdir', 'new', SAMPLE, 'does not exist'),
     Row('eval_workdir_is_a_file', 'file', EVAL, 'is a file, not a directory'),
@@ -189,11 +189,13 @@ def _run(row, base, trained, inputs):
   path = _make_workdir(row.workdir, area, trained)
   args = [a.format(wd=path, inputs=inputs) for a in row.args]
   before = snapshot(area)
+  cwd = base / f'{row.id}.cwd'  # empty, and must stay so: nothing is written beside the workdir
+  cwd.mkdir()
   env = dict(os.environ, JAX_PLATFORMS='cpu', HF_HUB_OFFLINE='1',
              JAX_COMPILATION_CACHE_DIR=str(ROOT / '.jax_cache'))
-  proc = subprocess.run([sys.executable, str(ROOT / 'main.py'), *args], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, str(ROOT / 'main.py'), *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
-  return proc, before, snapshot(area)
+  return proc, before, snapshot(area), os.listdir(cwd)
 
 
 @pytest.fixture(scope='module')
@@ -213,9 +215,10 @@ def test_the_table_covers_enough_and_names_rows_once():
 
 @pytest.mark.parametrize('row', ROWS, ids=[r.id for r in ROWS])
 def test_bad_invocation(results, row):
-  proc, before, after = results[row.id]
+  proc, before, after, beside = results[row.id]
   assert proc.returncode != 0, proc.stdout[-2000:]
   assert 'Traceback' not in proc.stderr, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: ') and row.message in lines[0], proc.stderr
   assert after == before, 'the workdir changed'
+  assert beside == [], 'files written in the working directory'
