@@ -73,6 +73,33 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the run 
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (-1: detected).')
 
 
+_EVERY_MODE = ('mode', 'workdir', 'distributed', 'coordinator_address', 'num_processes',
+               'process_id')
+_SAMPLING = ('checkpoint', 'output', 'seed', 'num_samples', 'seq_len', 'num_steps', 'temperature',
+             'top_p', 'sampler', 'score_temperature', 'self_condition')
+# The flags each mode reads; one given to a mode that ignores it is refused, since a silently
+# ignored --seed or --config.sample.num_steps would look as if it had been applied.
+MODE_FLAGS = {
+    'train': (*_EVERY_MODE, 'config'),
+    'sample': (*_EVERY_MODE, *_SAMPLING, 'prompt', 'infill', 'label', 'guidance'),
+    'eval': (*_EVERY_MODE, *_SAMPLING, 'eval_tokens', 'batch_size', 'bound_samples', 'eval_data',
+             'scorer'),
+}
+
+
+def _check_mode_flags(argv) -> None:
+  from dlm.errors import DlmError
+  mode = _MODE.value
+  if mode != 'train' and any(a.startswith('--config') for a in argv[1:]):
+    raise DlmError(f'--config and --config.* apply to --mode=train: --mode={mode} reads the run\'s '
+                   'own config.json (use the sampling flags, e.g. --num_steps)')
+  for name in sorted({n for names in MODE_FLAGS.values() for n in names}):
+    if flags.FLAGS[name].present and name not in MODE_FLAGS[mode]:
+      modes = '|'.join(m for m, names in MODE_FLAGS.items() if name in names)
+      raise DlmError(f'--{name} does not apply to --mode={mode} (a flag of --mode={modes})'
+                     + ('; the training seed is --config.seed' if name == 'seed' else ''))
+
+
 def _workdir() -> str:
   from dlm.errors import DlmError
   if '://' in _WORKDIR.value:  # os.makedirs would make a local directory named 'gs:'
@@ -306,6 +333,7 @@ def main(argv) -> None:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
   try:
+    _check_mode_flags(sys.argv)
     if _DISTRIBUTED.value:
       from dlm import sharding
       sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

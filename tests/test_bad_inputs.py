@@ -41,6 +41,13 @@ ROWS = [
     Row('unknown_flag', 'new', (*TRAIN, '--bogus=1'), "Unknown command line flag 'bogus'"),
     Row('stray_argument', 'new', (*TRAIN, 'extra'), "unexpected arguments ['extra']"),
     Row('bad_mode', 'new', (*TRAIN, '--mode=fly'), '--mode'),
+    Row('seed_flag_in_train_mode', 'new', (*TRAIN, '--seed=3'),
+        '--seed does not apply to --mode=train (a flag of --mode=sample|eval); the training '
+        'seed is --config.seed'),
+    Row('config_override_in_sample_mode', 'trained', (*SAMPLE, '--config.sample.num_steps=3'),
+        "--config and --config.* apply to --mode=train: --mode=sample reads the run's own"),
+    Row('prompt_in_eval_mode', 'trained', (*EVAL, '--prompt=Once'),
+        '--prompt does not apply to --mode=eval (a flag of --mode=sample)'),
     # config overrides
     Row('unknown_key', 'new', (*TRAIN, '--config.train.log_evry=3'),
         'unknown config key train.log_evry; did you mean train.log_every?'),
@@ -116,6 +123,7 @@ ROWS = [
     # evaluation flags
     Row('eval_data_missing', 'trained', (*EVAL, '--eval_data={inputs}/absent.txt'),
         'does not exist'),
+    Row('eval_data_empty', 'trained', (*EVAL, '--eval_data={inputs}/empty.txt'), 'holds no text'),
     Row('eval_batch_too_large', 'trained', (*EVAL, '--batch_size=1000'),
         'fewer than --batch_size=1000'),
     Row('eval_one_bound_sample', 'trained', (*EVAL, '--bound_samples=1'),
