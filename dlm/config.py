@@ -313,14 +313,19 @@ def check_keys(c) -> None:
            'dlm.config.base_config()')
 
 
-def validate(c, num_devices: int = 1) -> None:
-  """Reject unknown fields and impossible values with one line that names the field; runs
-  before any data is read or any file is written."""
+def check_fields(c) -> None:
+  """Every field known and within its rule, one line naming the first that is not."""
   check_keys(c)
   flat = flat_keys(c)
   for key, rule in RULES.items():
     complaint = rule(flat[key])
     _require(complaint is None, f'{key}={flat[key]!r} {complaint}')
+
+
+def validate(c, num_devices: int = 1) -> None:
+  """Reject unknown fields and impossible values with one line that names the field; runs
+  before any data is read or any file is written."""
+  check_fields(c)
   m, d, t, s = c.model, c.diffusion, c.train, c.sample
   # Fields that are only wrong together.
   n_embd = m.n_embd or 64 * m.depth
@@ -410,6 +415,10 @@ def load_json(path) -> ml_collections.ConfigDict:
     c.update_from_flattened_dict({**OFF_WHEN_ABSENT, **flat})
   except (TypeError, ValueError) as e:
     raise DlmError(f'{path}: {" ".join(str(e).split())}')
+  try:  # the fields alone: the run may be read on other devices than it trained on
+    check_fields(c)
+  except DlmError as e:
+    raise DlmError(f'{path}: {e}')
   return c
 
 

@@ -134,9 +134,9 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   # ---- config and mesh -------------------------------------------------------------
   if not sharding.is_main_process():
     log = lambda *a, **k: None
-  enable_compilation_cache(c.train.compilation_cache)
   n_dev = jax.device_count()
   config_lib.validate(c, n_dev)
+  enable_compilation_cache(c.train.compilation_cache)
   sharding.use_fsdp(c.train.fsdp)
   mesh = sharding.make_mesh()
   accumulation = config_lib.accumulation_steps(c, n_dev)

@@ -162,3 +162,6 @@ def test_a_saved_config_with_an_unknown_field_is_one_line(tmp_path):
   path.write_text(json.dumps({'train': {'log_every': 'often'}}))
   with pytest.raises(DlmError, match='config.json: .*log_every'):
     config_lib.load_json(path)
+  path.write_text(json.dumps({'sample': {'num_steps': 0}}))  # edited by hand
+  with pytest.raises(DlmError, match='config.json: sample.num_steps=0 must be a positive integer'):
+    config_lib.load_json(path)
