@@ -211,7 +211,7 @@ _POSITIVE = _number(0, low_open=True)
 _FRACTION = _number(0, 1)
 
 RULES = {
-    'seed': _integer(0, 2**32 - 1),  # grain's shuffle and jax.random take unsigned 32-bit seeds
+    'seed': _integer(0, 2**32 - 1),  # 32 bits: within what jax.random and grain's shuffle take
     'model.depth': _integer(1),
     'model.n_layer': _integer(0),    # 0: derived from depth (likewise n_head, n_embd)
     'model.n_head': _integer(0),
