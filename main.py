@@ -23,7 +23,13 @@ def _fail(message: str) -> None:
 
 
 def _unknown_key(e: Exception) -> None:
-  _fail(f'unknown config key {str(e).strip(chr(34))} in a --config.* override')
+  """An override of a field the config lacks: name it and the nearest real one."""
+  from dlm import config as config_lib
+  for arg in sys.argv[1:]:
+    key = arg.partition('=')[0].removeprefix('--config.')
+    if arg.startswith('--config.') and key not in config_lib.RULES:
+      _fail(f'{config_lib.unknown_key_message(key)} (--config.{key} override)')
+  _fail(f'cannot load the config: {" ".join(str(e).split())}')  # e.g. a file without get_config
 
 
 try:  # config_flags reads the --config.* overrides from sys.argv while defining the flag
@@ -67,6 +73,33 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the run 
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (-1: detected).')
 
 
+_EVERY_MODE = ('mode', 'workdir', 'distributed', 'coordinator_address', 'num_processes',
+               'process_id')
+_SAMPLING = ('checkpoint', 'output', 'seed', 'num_samples', 'seq_len', 'num_steps', 'temperature',
+             'top_p', 'sampler', 'score_temperature', 'self_condition')
+# The flags each mode reads; one given to a mode that ignores it is refused, since a silently
+# ignored --seed or --config.sample.num_steps would look as if it had been applied.
+MODE_FLAGS = {
+    'train': (*_EVERY_MODE, 'config'),
+    'sample': (*_EVERY_MODE, *_SAMPLING, 'prompt', 'infill', 'label', 'guidance'),
+    'eval': (*_EVERY_MODE, *_SAMPLING, 'eval_tokens', 'batch_size', 'bound_samples', 'eval_data',
+             'scorer'),
+}
+
+
+def _check_mode_flags(argv) -> None:
+  from dlm.errors import DlmError
+  mode = _MODE.value
+  if mode != 'train' and any(a.startswith('--config') for a in argv[1:]):
+    raise DlmError(f'--config and --config.* apply to --mode=train: --mode={mode} reads the run\'s '
+                   'own config.json (use the sampling flags, e.g. --num_steps)')
+  for name in sorted({n for names in MODE_FLAGS.values() for n in names}):
+    if flags.FLAGS[name].present and name not in MODE_FLAGS[mode]:
+      modes = '|'.join(m for m, names in MODE_FLAGS.items() if name in names)
+      raise DlmError(f'--{name} does not apply to --mode={mode} (a flag of --mode={modes})'
+                     + ('; the training seed is --config.seed' if name == 'seed' else ''))
+
+
 def _workdir() -> str:
   from dlm.errors import DlmError
   if '://' in _WORKDIR.value:  # os.makedirs would make a local directory named 'gs:'
@@ -95,6 +128,7 @@ def _print_samples(records) -> None:
 
 def _sample(workdir: str) -> None:
   from dlm import checkpoint, sampling, train
+  _check_output(workdir)
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
   train.enable_compilation_cache(run.config.train.compilation_cache)
   _check_sample_flags(run)
@@ -150,19 +184,25 @@ def _check_sample_flags(run) -> None:
 
 def _eval(workdir: str) -> None:
   from tqdm import tqdm
-  from dlm import checkpoint, data, evaluate, train
+  from dlm import checkpoint, data, evaluate, quality, train
   from dlm.errors import DlmError
   import ml_collections
+  _check_output(workdir)
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
   train.enable_compilation_cache(run.config.train.compilation_cache)
-  c = run.config
+  c, L = run.config, run.model_config.sequence_len
+  _check_sample_flags(run)  # the samples come last: their flags are checked first
+  if min(_EVAL_TOKENS.value, _BATCH_SIZE.value) < 0:
+    raise DlmError('--eval_tokens and --batch_size must be positive')
   if _BOUND_SAMPLES.value:
     if _BOUND_SAMPLES.value < 2:
       raise DlmError('--bound_samples must be >= 2 (two replicas for the Monte-Carlo error)')
     c.eval.bound_samples = _BOUND_SAMPLES.value
+  scorer = checkpoint.load_run(_SCORER.value) if _SCORER.value else None
+  if scorer is not None:
+    quality.check_scorer(run, scorer, _SEQ_LEN.value or c.sample.seq_len or L)
   eval_tokens = _EVAL_TOKENS.value or c.eval.eval_tokens
   batch_size = _BATCH_SIZE.value or c.eval.batch_size
-  L = run.model_config.sequence_len
   if _EVAL_DATA.value:
     stream, source = run.tokenizer.encode_documents(data.load_documents(_EVAL_DATA.value)), _EVAL_DATA.value
   else:
@@ -177,7 +217,7 @@ def _eval(workdir: str) -> None:
                              proposal=run.proposal)
   result.update(step=run.step, data=source, weights='ema' if c.train.ema_decay else 'raw',
                 bound_samples=c.eval.bound_samples)
-  result.update(_eval_samples(run, stream))
+  result.update(_eval_samples(run, stream, scorer))
   if run.proposal is not None:  # the table first, so stdout ends with the JSON object
     _print_curve(result['heldout_ce_vs_logsnr'], run.proposal)
   print(json.dumps(result, indent=2))
@@ -200,11 +240,9 @@ def _print_curve(curve: dict, proposal) -> None:
           f'  q {q[i]:.3f} {bar}')
 
 
-def _eval_samples(run, stream) -> dict:
+def _eval_samples(run, stream, scorer) -> dict:
   """Sample quality at the flags' settings beside held-out windows of the same shape."""
-  from dlm import checkpoint, metrics, quality
-  _check_sample_flags(run)
-  scorer = checkpoint.load_run(_SCORER.value) if _SCORER.value else None
+  from dlm import metrics, quality
   n = _NUM_SAMPLES.value or run.config.sample.num_samples
   samples = quality.sample_quality(run, n, seed=_SEED.value, scorer=scorer,
                                    seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
@@ -253,12 +291,37 @@ def _write(path: str, text: str) -> None:
     f.write(text)
 
 
+def _check_output(workdir: str) -> None:
+  """Refuse an --output that cannot be written, or that is one of the run's own files, before
+  minutes of sampling or evaluation."""
+  from dlm.errors import DlmError
+  if not _OUTPUT.value:
+    return
+  path = os.path.realpath(_OUTPUT.value)
+  if os.path.isdir(path):
+    raise DlmError(f'--output={_OUTPUT.value} is a directory; give a file name')
+  inside = os.path.relpath(path, os.path.realpath(workdir)).split(os.sep)
+  if inside[0] in ('config.json', 'metrics.jsonl', 'checkpoints', 'data', 'tokenizer'):
+    raise DlmError(f'--output={_OUTPUT.value} would overwrite the run\'s own '
+                   f'{inside[0]}; write elsewhere')
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):  # the nearest folder that exists must take new entries
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK) or (
+      os.path.exists(path) and not os.access(path, os.W_OK)):
+    raise DlmError(f'--output={_OUTPUT.value} cannot be written ({parent} is not a writable '
+                   'directory)')
+
+
 def _parse_flags(argv):
   """absl's parser, with config-file and override problems reported in one line."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e))
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    if 'Traceback (most recent call last):' in lines:  # the config file raised while loading
+      _fail(f'{lines[0]} {lines[-1]}')
+    _fail(' '.join(lines))
   except (KeyError, AttributeError) as e:
     _unknown_key(e)
   except Exception as e:  # the config file is missing or raises while loading
@@ -272,6 +335,7 @@ def main(argv) -> None:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
   try:
+    _check_mode_flags(sys.argv)
     if _DISTRIBUTED.value:
       from dlm import sharding
       sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -4,8 +4,8 @@
   python main.py --mode=sample --workdir=runs/quickstart   # more samples
   python main.py --mode=eval --workdir=runs/quickstart --bound_samples=64   # bits per byte
 
-Any field can be overridden, e.g. --config.data.path=../shared/data/tinystories/train.txt
---config.data.val_path=../shared/data/tinystories/valid.txt to train on TinyStories.
+Any field can be overridden, e.g. --config.data.path=tinystories to train on TinyStories from
+the Hugging Face hub, or --config.data.path=stories.txt on a text file of your own.
 
 500 steps rather than more: with the adaptive noise allocation (the default) the model spends
 its steps where tokens are decided, so 500 of them beat the 1,200 the cosine schedule needed

@@ -370,7 +370,8 @@ class Run:
 def load_run(workdir: str, checkpoint: int | None = None) -> Run:
   """The run in `workdir` at its latest (or the given) checkpoint, EMA weights if kept."""
   if not os.path.isdir(workdir):
-    raise DlmError(f'workdir {workdir} does not exist')
+    raise DlmError(f'workdir {workdir} ' + ('is a file, not a directory' if os.path.exists(workdir)
+                                            else 'does not exist'))
   c = config_lib.load_json(os.path.join(workdir, 'config.json'))
   tok_dir = os.path.join(workdir, 'tokenizer')
   if not os.path.exists(os.path.join(tok_dir, 'tokenizer.json')):

@@ -5,7 +5,9 @@ what they need. `depth` is the one dial nanochat turns: width = 64 * depth and o
 channels, unless n_embd / n_head / n_layer are given explicitly (non-zero).
 """
 
+import difflib
 import json
+import math
 
 import jax
 import ml_collections
@@ -161,68 +163,227 @@ def _require(ok: bool, message: str) -> None:
     raise DlmError(message)
 
 
+# ---- the rules: one per field of base_config(), each a function value -> complaint or None ----
+
+def _integer(low: int, high: int | None = None):
+  def check(v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v > high):
+      if high is not None:
+        return f'must be an integer in [{low}, {high}]'
+      return 'must be a positive integer' if low == 1 else f'must be an integer >= {low}'
+  return check
+
+
+def _number(low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+            high_open: bool = False):
+  """A finite int or float in the interval; the complaint writes the interval out."""
+  def check(v):
+    ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+          and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+    if ok:
+      return None
+    if high == math.inf:
+      return 'must be a finite number' + ('' if low == -math.inf
+                                          else f' {">" if low_open else ">="} {low:g}')
+    return (f'must be a number in {"(" if low_open else "["}{low:g}, {high:g}'
+            f'{")" if high_open else "]"}')
+  return check
+
+
+def _one_of(*values):
+  return lambda v: None if v in values else f'must be one of {", ".join(map(str, values))}'
+
+
+def _boolean(v):
+  return None if isinstance(v, bool) else 'must be True or False'
+
+
+def _string(v):
+  return None if isinstance(v, str) else 'must be a string'
+
+
+def _label(v):
+  if not isinstance(v, str):
+    return 'must be a string'
+  try:
+    labels.check_spec(v)
+  except DlmError:
+    return 'must be empty or keyword:WORD (e.g. keyword:dragon)'
+
+
+_POSITIVE = _number(0, low_open=True)
+_FRACTION = _number(0, 1)
+
+RULES = {
+    'seed': _integer(0, 2**32 - 1),  # 32 bits: within what jax.random and grain's shuffle take
+    'model.depth': _integer(1),
+    'model.n_layer': _integer(0),    # 0: derived from depth (likewise n_head, n_embd)
+    'model.n_head': _integer(0),
+    'model.n_embd': _integer(0),
+    'model.sequence_len': _integer(2),
+    'model.vocab_size': _integer(0),
+    'model.diffusion_dim': _integer(1),
+    'model.causal': _boolean,
+    'model.dtype': _one_of('float32', 'bfloat16'),
+    'model.attention': _one_of('auto', 'xla', 'cudnn'),
+    'diffusion.diffusion_steps': _integer(1),
+    'diffusion.noise_schedule': _one_of(*diffusion.SCHEDULES),
+    'diffusion.allocation': _one_of(*noise.ALLOCATIONS),
+    'diffusion.path': _one_of(*diffusion.PATHS),
+    'diffusion.token_logsnr_min': _number(),
+    'diffusion.token_logsnr_max': _number(),
+    'diffusion.gumbel_mu': _number(),
+    'diffusion.gumbel_beta': _POSITIVE,
+    'diffusion.proposal_bins': _integer(4),
+    # q > 0 everywhere keeps the importance-weighted bound unbiased
+    'diffusion.proposal_floor': _number(0, 1, low_open=True),
+    'diffusion.proposal_refresh': _integer(1),
+    'diffusion.proposal_ema': _number(0, 1, high_open=True),
+    'diffusion.loss': _one_of('ce', 'mse'),
+    'diffusion.parameterization': _one_of(*diffusion.PARAMETERIZATIONS),
+    'diffusion.normalize_embeddings': _boolean,
+    'diffusion.learn_embeddings': _boolean,
+    'diffusion.prior_logits': _boolean,
+    'diffusion.self_condition': _boolean,
+    'diffusion.condition_fraction': _FRACTION,
+    # guidance needs the unconditional model that the dropped rows train
+    'diffusion.label_dropout': _number(0, 1, low_open=True, high_open=True),
+    'train.num_iterations': _integer(1),
+    'train.device_batch_size': _integer(1),
+    'train.total_batch_size': _integer(0),
+    'train.embedding_lr': _POSITIVE,   # a frozen embedding is diffusion.learn_embeddings=False
+    'train.unembedding_lr': _POSITIVE,
+    'train.matrix_lr': _POSITIVE,
+    'train.other_lr': _POSITIVE,
+    'train.weight_decay': _number(0),
+    'train.warmup_ratio': _FRACTION,
+    'train.warmdown_ratio': _FRACTION,
+    'train.final_lr_frac': _FRACTION,
+    'train.grad_clip': _number(0),     # 0: no clipping
+    'train.ema_decay': _number(0, 1, high_open=True),
+    'train.log_every': _integer(1),
+    'train.eval_every': _integer(0),   # 0: never during training
+    'train.eval_batches': _integer(1),
+    'train.checkpoint_every': _integer(1),
+    'train.keep_checkpoints': _integer(1),
+    'train.compilation_cache': _string,
+    'train.fsdp': _integer(1),
+    'train.logits_chunk': _integer(0),  # 0: automatic
+    'train.max_bad_steps': _integer(1),
+    'data.path': _string,
+    'data.val_path': _string,
+    'data.val_fraction': _number(0, 1, high_open=True),
+    'data.tokenizer': _string,
+    'data.tokenizer_vocab_size': _integer(256 + 2),  # every byte, plus BOS and pad
+    'data.num_generated_stories': _integer(1),
+    'data.max_documents': _integer(0),
+    'data.on_error': _one_of('skip', 'stop'),
+    'data.num_workers': _integer(0),
+    'data.label': _label,
+    'sample.num_samples': _integer(1),
+    'sample.seq_len': _integer(0),     # 0: model.sequence_len
+    'sample.num_steps': _integer(1),
+    'sample.temperature': _POSITIVE,
+    'sample.score_temperature': _POSITIVE,
+    'sample.sampler': _one_of(*samplers.SAMPLERS),
+    'sample.self_condition': _one_of(*SELF_CONDITION),
+    'sample.clamp': _boolean,
+    'sample.guidance': _number(0),
+    'sample.mask_len': _integer(1),
+    'sample.top_p': _number(0, 1, low_open=True),
+    'eval.eval_tokens': _integer(1),
+    'eval.batch_size': _integer(1),
+    'eval.bound_samples': _integer(2),  # two replicas at least, for the Monte-Carlo error
+    'eval.discrete_steps': _integer(0),  # 0: sample.num_steps
+}
+
+
+def flat_keys(c) -> dict:
+  """{dotted name: value} of every field of a config (a ConfigDict or a plain dict)."""
+  return _flatten(c.to_dict() if hasattr(c, 'to_dict') else c)
+
+
+def unknown_key_message(key: str) -> str:
+  close = difflib.get_close_matches(key, RULES, n=1)
+  return f'unknown config key {key}' + (f'; did you mean {close[0]}?' if close else '')
+
+
+def check_keys(c) -> None:
+  """Reject a field that base_config() does not have: ConfigDicts accept new keys, so a
+  misspelt `c.train.log_evry = 5` in a config file would otherwise be silently ignored."""
+  flat = flat_keys(c)
+  for key in flat:
+    _require(key in RULES, unknown_key_message(key))
+  missing = [k for k in RULES if k not in flat]
+  _require(not missing, f'the config lacks {", ".join(missing)}: build it from '
+           'dlm.config.base_config()')
+
+
+def check_fields(c) -> None:
+  """Every field known and within its rule, one line naming the first that is not."""
+  check_keys(c)
+  flat = flat_keys(c)
+  for key, rule in RULES.items():
+    complaint = rule(flat[key])
+    _require(complaint is None, f'{key}={flat[key]!r} {complaint}')
+
+
 def validate(c, num_devices: int = 1) -> None:
-  """Reject impossible values with one line that names the field."""
+  """Reject unknown fields and impossible values with one line that names the field; runs
+  before any data is read or any file is written."""
+  check_fields(c)
   m, d, t, s = c.model, c.diffusion, c.train, c.sample
-  _require(m.depth >= 1 or m.n_layer >= 1, 'model.depth must be >= 1')
+  # Fields that are only wrong together.
   n_embd = m.n_embd or 64 * m.depth
   n_head = m.n_head or max(1, n_embd // 64)
   _require(n_embd % n_head == 0, f'model.n_embd={n_embd} is not divisible by n_head={n_head}')
-  _require((n_embd // n_head) % 2 == 0, 'head dimension must be even (rotary embeddings)')
-  _require(m.sequence_len >= 2, 'model.sequence_len must be >= 2')
-  _require(m.diffusion_dim >= 1, 'model.diffusion_dim must be >= 1')
-  _require(m.dtype in ('float32', 'bfloat16'), f'model.dtype={m.dtype!r}: use float32 or bfloat16')
-  _require(m.attention in ('auto', 'xla', 'cudnn'),
-           f'model.attention={m.attention!r}: expected auto, xla or cudnn')
+  _require((n_embd // n_head) % 2 == 0, f'the head dimension n_embd / n_head = '
+           f'{n_embd // n_head} must be even (rotary embeddings rotate pairs of channels)')
   _require(m.attention != 'cudnn' or (jax.default_backend() == 'gpu' and m.dtype == 'bfloat16'),
            f'model.attention=cudnn needs an NVIDIA GPU and model.dtype=bfloat16 (here: '
            f'{jax.default_backend()}, {m.dtype}); use auto')
-  _require(d.noise_schedule in diffusion.SCHEDULES,
-           f'diffusion.noise_schedule={d.noise_schedule!r}: expected one of {diffusion.SCHEDULES}')
-  _require(d.loss in ('ce', 'mse'), f'diffusion.loss={d.loss!r}: expected ce or mse')
-  _require(d.parameterization in diffusion.PARAMETERIZATIONS,
-           f'diffusion.parameterization={d.parameterization!r}: expected one of '
-           f'{diffusion.PARAMETERIZATIONS}')
-  _require(d.diffusion_steps >= 1, 'diffusion.diffusion_steps must be >= 1')
-  _require(d.allocation in noise.ALLOCATIONS,
-           f'diffusion.allocation={d.allocation!r}: expected one of {noise.ALLOCATIONS}')
-  _require(d.path in diffusion.PATHS, f'diffusion.path={d.path!r}: expected one of {diffusion.PATHS}')
   _require(d.token_logsnr_min < d.token_logsnr_max,
-           'diffusion.token_logsnr_min must be below token_logsnr_max')
-  _require(d.gumbel_beta > 0, 'diffusion.gumbel_beta must be > 0')
-  _require(d.proposal_bins >= 4, 'diffusion.proposal_bins must be >= 4')
-  _require(0 < d.proposal_floor <= 1, 'diffusion.proposal_floor must be in (0, 1] (q > 0 '
-           'everywhere keeps the bound unbiased)')
-  _require(d.proposal_refresh >= 1, 'diffusion.proposal_refresh must be >= 1')
-  _require(0 <= d.proposal_ema < 1, 'diffusion.proposal_ema must be in [0, 1)')
-  _require(0 <= d.condition_fraction <= 1, 'diffusion.condition_fraction must be in [0, 1]')
-  _require(0 < d.label_dropout < 1, 'diffusion.label_dropout must be in (0, 1): guidance needs '
-           'the unconditional model that the dropped rows train')
-  labels.check_spec(c.data.label)
-  _require(s.guidance >= 0, 'sample.guidance must be >= 0')
-  _require(s.mask_len >= 1, 'sample.mask_len must be >= 1')
-  _require(t.num_iterations >= 1, 'train.num_iterations must be >= 1')
-  _require(t.device_batch_size >= 1, 'train.device_batch_size must be >= 1')
-  _require(t.fsdp >= 1 and num_devices % t.fsdp == 0,
-           f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
-  accumulation_steps(c, num_devices)
-  _require(0 <= t.ema_decay < 1, 'train.ema_decay must be in [0, 1)')
-  _require(s.num_steps >= 1, 'sample.num_steps must be >= 1')
+           f'diffusion.token_logsnr_min={d.token_logsnr_min:g} must be below '
+           f'token_logsnr_max={d.token_logsnr_max:g}')
   _require(s.seq_len <= m.sequence_len,
            f'sample.seq_len={s.seq_len} exceeds model.sequence_len={m.sequence_len}')
-  _require(s.temperature > 0, 'sample.temperature must be > 0')
-  _require(s.score_temperature > 0, 'sample.score_temperature must be > 0')
-  _require(s.self_condition in SELF_CONDITION,
-           f'sample.self_condition={s.self_condition!r}: expected one of {SELF_CONDITION}')
-  _require(0 < s.top_p <= 1, 'sample.top_p must be in (0, 1]')
-  _require(c.eval.bound_samples >= 2, 'eval.bound_samples must be >= 2 (two replicas for the '
-           'standard error)')
-  _require(c.eval.discrete_steps >= 0, 'eval.discrete_steps must be >= 0')
-  _require(s.sampler in samplers.SAMPLERS,
-           f'sample.sampler={s.sampler!r}: expected one of {samplers.SAMPLERS}')
-  _require(c.data.on_error in ('skip', 'stop'),
-           f'data.on_error={c.data.on_error!r}: expected skip or stop')
-  _require(c.data.num_workers >= 0, 'data.num_workers must be >= 0')
+  _require(num_devices % t.fsdp == 0, f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
+  accumulation_steps(c, num_devices)
+
+
+# ---- resuming -------------------------------------------------------------------------------
+
+# What may differ between a workdir's saved config and the config that resumes it: settings
+# of speed, layout and bookkeeping that leave the trained function and the data order alone.
+# Anything else (a learning rate, the seed, the data, the model) would splice two different
+# runs into one loss curve, so a resume with it changed is refused. A dotted name covers one
+# field, a section name all of its fields.
+MAY_CHANGE_ON_RESUME = (
+    'train.num_iterations',    # extends (or shortens) a run; the LR schedule is re-planned over
+                               # the new length, so an extended warmdown restarts from there
+    'train.device_batch_size',  # how each step is split into micro-batches; the tokens per
+                                # step are checked against the checkpoint (check_layout)
+    'train.fsdp',              # how the state is laid out over devices, not what it holds
+    'train.log_every', 'train.eval_every', 'train.eval_batches', 'train.checkpoint_every',
+    'train.keep_checkpoints', 'train.compilation_cache',  # reporting, saving and caching
+    'train.logits_chunk',      # how the cross-entropy is split in memory, not its value
+    'train.max_bad_steps',     # when to give up on non-finite steps
+    'model.attention',         # the same attention computed by another kernel
+    'data.num_workers',        # how batches are loaded, not which
+    'sample', 'eval',          # used after training, or by --mode=sample / eval
+)
+
+
+def resume_conflicts(saved, current) -> list[str]:
+  """'key: old there, new here' for each field that differs and may not change on resume."""
+  old, new = flat_keys(saved), flat_keys(current)
+  out = []
+  for key in sorted(set(old) | set(new)):
+    if key in MAY_CHANGE_ON_RESUME or key.split('.')[0] in MAY_CHANGE_ON_RESUME:
+      continue
+    if old.get(key) != new.get(key):
+      out.append(f'{key} {old.get(key)!r} there, {new.get(key)!r} here')
+  return out
 
 
 def accumulation_steps(c, num_devices: int) -> int:
@@ -251,9 +412,21 @@ def load_json(path) -> ml_collections.ConfigDict:
     raise DlmError(f'no config.json in the workdir ({path}): is it a dlm training workdir?')
   except json.JSONDecodeError as e:
     raise DlmError(f'{path} is not valid JSON: {e}')
-  c = base_config()
+  if not isinstance(saved, dict):
+    raise DlmError(f'{path} holds no config (a JSON object)')
   flat = _flatten(saved)
-  c.update_from_flattened_dict({**OFF_WHEN_ABSENT, **flat})
+  unknown = [k for k in flat if k not in RULES]
+  _require(not unknown, f'{path} has settings this version of dlm does not know: '
+           f'{", ".join(unknown)}')
+  c = base_config()
+  try:
+    c.update_from_flattened_dict({**OFF_WHEN_ABSENT, **flat})
+  except (TypeError, ValueError) as e:
+    raise DlmError(f'{path}: {" ".join(str(e).split())}')
+  try:  # the fields alone: the run may be read on other devices than it trained on
+    check_fields(c)
+  except DlmError as e:
+    raise DlmError(f'{path}: {e}')
   return c
 
 

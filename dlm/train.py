@@ -121,16 +121,23 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
 
 
 def _check_workdir_config(c, workdir: str) -> None:
-  """Refuse to resume a workdir whose model or diffusion settings differ from this config."""
+  """Refuse to resume a workdir whose saved config differs from this one in anything but
+  `config.MAY_CHANGE_ON_RESUME`."""
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
-  saved = config_lib.load_json(path)
-  for section in ('model', 'diffusion', 'data'):
-    if saved[section].to_dict() != c[section].to_dict():
-      diff = [k for k in c[section] if saved[section].get(k) != c[section][k]]
-      raise DlmError(f'{workdir} holds a run with different {section} settings ({", ".join(diff)}): '
-                     f'use a new --workdir or the original config')
+  if os.path.exists(path):
+    diff = config_lib.resume_conflicts(config_lib.load_json(path), c)
+    if diff:
+      raise DlmError(f'{workdir} holds a run with other settings ({"; ".join(diff)}): use a new '
+                     '--workdir or the original config')
+
+
+def _make_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise DlmError(f'the workdir {workdir} is a file, not a directory')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise DlmError(f'cannot create the workdir {workdir}: {e.strerror}')
 
 
 class MetricsLog:
@@ -199,14 +206,14 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   # ---- config and mesh -------------------------------------------------------------
   if not sharding.is_main_process():
     log = lambda *a, **k: None
-  enable_compilation_cache(c.train.compilation_cache)
   n_dev = jax.device_count()
   config_lib.validate(c, n_dev)
+  enable_compilation_cache(c.train.compilation_cache)
   sharding.use_fsdp(c.train.fsdp)
   mesh = sharding.make_mesh()
   accumulation = config_lib.accumulation_steps(c, n_dev)
   _check_workdir_config(c, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  _make_workdir(workdir)
   if sharding.is_main_process():  # one run per workdir
     held.enter_context(runlock.hold(workdir))
 
@@ -223,8 +230,6 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   train_iter = iter(data.train_dataset(
       data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B // jax.process_count()), c.seed,
       jax.process_index(), jax.process_count(), c.data.num_workers))
-  if sharding.is_main_process():
-    config_lib.save_json(c, os.path.join(workdir, 'config.json'))
 
   # ---- model, optimiser, state -------------------------------------------------------
   model, tx, init_fn = state_lib.create(mcfg, c)
@@ -240,6 +245,8 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
     start = 0
   else:
     log(f'resuming from checkpoint {start} in {workdir}')
+  if sharding.is_main_process():  # after the checks a resume makes: a refused one changes nothing
+    config_lib.save_json(c, os.path.join(workdir, 'config.json'))
   n_params = count_params(state['params'])
   fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
   if not mcfg.causal and c.diffusion.self_condition:

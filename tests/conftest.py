@@ -14,7 +14,6 @@ import pytest
 os.environ['HF_HUB_OFFLINE'] = '1'
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
 jax.config.update('jax_compilation_cache_dir', str(ROOT / '.jax_cache'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -50,3 +49,13 @@ def tiny_config(**overrides):
 @pytest.fixture
 def quiet():
   return lambda *a, **k: None
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """A tiny diffusion run (tiny_config(): 6 steps, checkpoints 3 and 6), trained once per
+  session. Tests only read it; one that must change a run works on a copy."""
+  from dlm import train
+  workdir = tmp_path_factory.mktemp('trained')
+  train.train(tiny_config(), str(workdir), log=lambda *a, **k: None)
+  return workdir

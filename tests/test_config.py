@@ -1,5 +1,9 @@
 """Config checks: impossible values fail with one line naming the field."""
 
+import json
+import re
+
+import ml_collections
 import pytest
 
 from conftest import tiny_config
@@ -47,3 +51,117 @@ def test_json_round_trip(tmp_path):
   c = tiny_config(**{'diffusion.noise_schedule': 'sqrt'})
   config_lib.save_json(c, tmp_path / 'config.json')
   assert config_lib.load_json(tmp_path / 'config.json').to_dict() == c.to_dict()
+
+
+def test_every_field_has_a_rule_and_the_defaults_pass_it():
+  assert set(config_lib.RULES) == set(config_lib.flat_keys(config_lib.base_config()))
+  config_lib.validate(config_lib.base_config())
+
+
+@pytest.mark.parametrize('key', sorted(config_lib.RULES))
+def test_every_field_rejects_a_value_of_the_wrong_type(key):
+  d = config_lib.base_config().to_dict()
+  section, _, name = key.rpartition('.')
+  (d[section] if section else d)[name] = [1]  # a plain ConfigDict takes any type
+  with pytest.raises(DlmError, match=rf'^{re.escape(key)}=\[1\] must '):
+    config_lib.validate(ml_collections.ConfigDict(d))
+
+
+# (field, a value just outside its range, the nearest valid one)
+EDGES = [
+    ('seed', -1, 0),
+    ('model.sequence_len', 1, 2),
+    ('model.n_layer', -1, 0),
+    ('data.tokenizer_vocab_size', 257, 258),
+    ('train.log_every', 0, 1),
+    ('train.checkpoint_every', 0, 1),
+    ('train.eval_batches', 0, 1),
+    ('train.eval_every', -1, 0),
+    ('train.matrix_lr', 0.0, 1e-6),
+    ('train.grad_clip', -0.5, 0.0),
+    ('train.warmdown_ratio', 1.01, 1.0),
+    ('train.ema_decay', 1.0, 0.999),
+    ('diffusion.label_dropout', 0.0, 0.01),
+    ('diffusion.label_dropout', 1.0, 0.99),
+    ('diffusion.proposal_floor', 0.0, 1.0),
+    ('diffusion.proposal_bins', 3, 4),
+    ('data.val_fraction', 1.0, 0.0),
+    ('sample.top_p', 0.0, 1.0),
+    ('sample.guidance', -0.1, 0.0),
+    ('eval.bound_samples', 1, 2),
+    ('train.matrix_lr', float('nan'), 0.02),
+    ('diffusion.gumbel_mu', float('inf'), -3.0),
+    ('model.causal', 1, True),  # a bool field does not take an int
+]
+
+
+@pytest.mark.parametrize('key, bad, good', EDGES, ids=[f'{k}={b}' for k, b, _ in EDGES])
+def test_ranges_end_where_they_say(key, bad, good):
+  with pytest.raises(DlmError, match=rf'^{re.escape(key)}={re.escape(repr(bad))} must'):
+    config_lib.validate(_with(key, bad))
+  config_lib.validate(_with(key, good))
+
+
+def _with(key, value):
+  d = tiny_config().to_dict()
+  section, _, name = key.rpartition('.')
+  (d[section] if section else d)[name] = value
+  return ml_collections.ConfigDict(d)
+
+
+def test_messages_name_the_field_the_value_and_what_is_allowed():
+  cases = {
+      'train.log_every': (0, 'train.log_every=0 must be a positive integer'),
+      'diffusion.allocation': ('uniform', "diffusion.allocation='uniform' must be one of "
+                                          'schedule, gumbel, adaptive'),
+      'diffusion.label_dropout': (1.5, 'diffusion.label_dropout=1.5 must be a number in (0, 1)'),
+      'train.other_lr': (-1.0, 'train.other_lr=-1.0 must be a finite number > 0'),
+      'seed': (2**32, 'seed=4294967296 must be an integer in [0, 4294967295]'),
+  }
+  for key, (value, message) in cases.items():
+    with pytest.raises(DlmError) as e:
+      config_lib.validate(_with(key, value))
+    assert str(e.value) == message
+
+
+def test_unknown_keys_are_rejected_with_the_nearest_name():
+  c = tiny_config()
+  c.train.log_evry = 5  # ConfigDicts accept new fields: a typo would be silently ignored
+  with pytest.raises(DlmError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == 'unknown config key train.log_evry; did you mean train.log_every?'
+  c = tiny_config()
+  c.optimizer = ml_collections.ConfigDict({'lr': 1.0})
+  with pytest.raises(DlmError, match='^unknown config key optimizer.lr$'):
+    config_lib.validate(c)
+  d = tiny_config().to_dict()
+  del d['sample']['top_p']
+  with pytest.raises(DlmError, match='lacks sample.top_p'):
+    config_lib.validate(ml_collections.ConfigDict(d))
+
+
+def test_resume_allows_only_bookkeeping_changes():
+  saved = tiny_config()
+  now = tiny_config(**{'train.num_iterations': 60, 'train.log_every': 7, 'train.fsdp': 2,
+                       'model.attention': 'xla', 'data.num_workers': 2, 'sample.num_steps': 3,
+                       'eval.batch_size': 2, 'train.keep_checkpoints': 9})
+  assert config_lib.resume_conflicts(saved, now) == []
+  now.train.matrix_lr, now.seed, now.model.n_embd = 0.03, 1, 128
+  assert config_lib.resume_conflicts(saved, now) == [
+      'model.n_embd 64 there, 128 here', 'seed 0 there, 1 here',
+      'train.matrix_lr 0.02 there, 0.03 here']
+  for key in config_lib.MAY_CHANGE_ON_RESUME:  # names real fields or sections, no typos
+    assert key in config_lib.RULES or key in config_lib.base_config()
+
+
+def test_a_saved_config_with_an_unknown_field_is_one_line(tmp_path):
+  path = tmp_path / 'config.json'
+  path.write_text(json.dumps({'train': {'log_every': 1, 'warp_drive': 3}}))
+  with pytest.raises(DlmError, match='does not know: train.warp_drive'):
+    config_lib.load_json(path)
+  path.write_text(json.dumps({'train': {'log_every': 'often'}}))
+  with pytest.raises(DlmError, match='config.json: .*log_every'):
+    config_lib.load_json(path)
+  path.write_text(json.dumps({'sample': {'num_steps': 0}}))  # edited by hand
+  with pytest.raises(DlmError, match='config.json: sample.num_steps=0 must be a positive integer'):
+    config_lib.load_json(path)

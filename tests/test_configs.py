@@ -1,6 +1,8 @@
-"""Every shipped config loads, passes validation and says in its docstring how to run it."""
+"""Every shipped config loads, passes validation and shows a command that would run."""
 
 import importlib.util
+import re
+import shlex
 
 import pytest
 
@@ -17,13 +19,28 @@ def _load(path):
   return module
 
 
+FLAGS = set(re.findall(r"flags\.DEFINE_\w+\(\s*'(\w+)'", (ROOT / 'main.py').read_text()))
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_is_valid_and_documents_its_command(path):
+def test_config_is_valid_and_its_documented_commands_use_real_flags(path):
+  """Each config passes validation, and the commands its docstring shows name this file (or a
+  run of it), flags main.py defines and config fields that exist."""
   module = _load(path)
-  c = module.get_config()
-  config_lib.validate(c, num_devices=1)
-  assert 'python ' in module.__doc__
-  assert config_lib.model_config(c, 50304).n_embd % config_lib.model_config(c, 50304).n_head == 0
+  config_lib.validate(module.get_config(), num_devices=1)
+  commands = [l.strip() for l in module.__doc__.splitlines() if l.strip().startswith('python ')]
+  assert any(f'configs/{path.name}' in c for c in commands), module.__doc__
+  for command in commands:
+    for token in shlex.split(command.split('#')[0].replace('\\', ' ')):
+      name = token.partition('=')[0].removeprefix('--')
+      if not token.startswith('--'):
+        continue
+      if name.startswith('config.'):
+        assert name.removeprefix('config.') in config_lib.RULES, command
+      else:
+        assert name in FLAGS, command
+    config_file = re.search(r'--config[= ](\S+)', command)
+    assert config_file is None or (ROOT / config_file.group(1)).exists(), command
 
 
 def test_the_gpu_config_accumulates_to_half_a_million_tokens():

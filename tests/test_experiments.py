@@ -24,10 +24,6 @@ def compared(tmp_path_factory):
 def test_compare_writes_a_report_with_every_section_filled(compared):
   tmp_path = compared
   report = (tmp_path / 'report.md').read_text()
-  for section in ('## Model sizes and speed', '## Likelihood on the same held-out tokens',
-                  '## Cross-entropy vs log-SNR', '## Sample quality',
-                  '### Diffusion: quality vs sampling steps', '## One sample each'):
-    assert section in report
   assert 'nan' not in report.lower()
   for png in ('loss_curves', 'bound_vs_tokens', 'genppl_vs_entropy', 'quality_vs_steps',
               'ce_vs_logsnr', 'wall_time'):
@@ -49,6 +45,30 @@ def test_compare_writes_a_report_with_every_section_filled(compared):
   assert (t1['sampler'], t1['self_condition'], t1['allocation']) == ('ancestral', 'previous',
                                                                      'adaptive')
   assert '`ancestral`' in report and '`previous`' in report and '`adaptive`' in report
+  # Each section holds the figures of results.json it is about, as the report rounds them.
+  sizes = _section(report, '## Model sizes and speed')
+  likelihood = _section(report, '## Likelihood on the same held-out tokens')
+  quality = _section(report, '## Sample quality')
+  for name, fam in (('diffusion', d), ('autoregressive', a)):
+    assert f'| {name} | {fam["n_layer"]} × {fam["n_embd"]} | {fam["non_embedding_params"]:,} |' \
+        in sizes
+    assert f'{fam["final"]["bits_per_byte"]:.3f} ± ' in likelihood
+    q = fam['temperature_sweep'][-1]
+    assert (f'| {name}, T={q["temperature"]} | {q["gen_ppl"]:.2f} | {q["unigram_entropy"]:.3f} |'
+            in quality)
+  assert f'{d["final"]["eval_tokens"]:,} tokens' in likelihood
+  assert f'(T={d["final"]["discrete_steps"]})' in likelihood
+  assert f'that of the {d["final"]["discrete_steps"]}-step' in likelihood
+  examples = _section(report, '## One sample each')
+  assert f'```\n{d["example"]}\n```' in examples and f'```\n{a["example"]}\n```' in examples
+  assert '![ce_vs_logsnr.png](ce_vs_logsnr.png)' in _section(report, '## Cross-entropy vs log-SNR')
+
+
+def _section(report: str, title: str) -> str:
+  """The text under a '## ' heading, up to the next one (its ### subsections included)."""
+  assert f'\n{title}\n' in report, title
+  body = report.split(f'\n{title}\n', 1)[1]
+  return body.split('\n## ', 1)[0]
 
 
 def test_compare_sweeps_every_sampler_over_the_step_counts(compared):

@@ -1,9 +1,8 @@
-"""The launchers' dry runs print what each host would run, and a remote workdir URL is refused
-instead of becoming a local directory named 'gs:'."""
+"""The launchers' dry runs print what each host would run. (main.py refusing a remote workdir
+URL is a row of test_bad_inputs.py.)"""
 
 import os
 import subprocess
-import sys
 
 from conftest import ROOT
 
@@ -33,12 +32,3 @@ def test_slurm_and_tpu_dry_runs_print_the_per_host_command():
   assert p.returncode == 0 and p.stdout.startswith('every worker of v5p-64: gcloud'), p.stderr
   assert '--worker=all' in p.stdout and '--workdir=/mnt/bucket/d12' in p.stdout
 
-
-def test_a_gs_workdir_is_refused_in_one_line(tmp_path):
-  p = subprocess.run([sys.executable, str(ROOT / 'main.py'), '--workdir=gs://bucket/run',
-                      '--config', 'configs/quickstart.py'], cwd=tmp_path,
-                     env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-                     timeout=120)
-  assert p.returncode == 1 and 'Traceback' not in p.stderr
-  assert p.stderr.startswith('error: --workdir=gs://bucket/run: remote URLs are not read')
-  assert not (tmp_path / 'gs:').exists()

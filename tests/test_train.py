@@ -119,10 +119,12 @@ def test_resuming_with_other_windows_per_step_is_refused_before_anything_changes
   c = tiny_config()
   train.train(c, str(tmp_path), log=lambda *a, **k: None, stop_after=3)
   before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
-  c.train.device_batch_size = 2
+  saved = (tmp_path / 'config.json').read_text()
+  c.train.device_batch_size = 2  # may change on resume, but here it changes the windows per step
   with pytest.raises(DlmError, match='windows_per_step 4 there, 2 here'):
     train.train(c, str(tmp_path), log=lambda *a, **k: None)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
+  assert (tmp_path / 'config.json').read_text() == saved  # written only after the checks
 
 
 def _records(workdir):

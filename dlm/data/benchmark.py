@@ -1,6 +1,6 @@
 """Data-layer throughput: `python -m dlm.data.benchmark tokenizer|loader [options]`.
 
-  python -m dlm.data.benchmark tokenizer --text ../shared/data/tinystories/train.txt
+  python -m dlm.data.benchmark tokenizer --text stories/train.txt
   python -m dlm.data.benchmark loader --data DIR --num_workers 2
 
 tokenizer: MB/s of text -> shard tokens (our encode path: tiktoken with nanochat's split

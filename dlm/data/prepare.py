@@ -1,7 +1,7 @@
 """Text in, token shards out: `python -m dlm.data.prepare --input PATH|GLOB|NAME --output DIR`.
 
-  python -m dlm.data.prepare --input ../shared/data/tinystories/train.txt \\
-      --val_input ../shared/data/tinystories/valid.txt --output data/tinystories
+  python -m dlm.data.prepare --input stories/train.txt \\
+      --val_input stories/valid.txt --output data/tinystories
   python -m dlm.data.prepare --input tinystories --output data/tinystories     # online
   python -m dlm.data.prepare --input fineweb-edu --max_files 2 --output data/fineweb-edu
 
