@@ -329,33 +329,40 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
                      f'then run the same command to resume from it')
 
   pending = None
+
+  def flush() -> None:  # report the step whose metrics are pending, if any
+    nonlocal pending
+    if pending is not None:
+      report(*pending)
+      pending = None
+
   guard = preemption.Guard()
   for step in guard.steps(start, T):  # SIGTERM & co. handled while the loop runs
     state, metrics = step_fn(state, get_batch(), train_key)
-    if pending is not None:
-      report(*pending)
+    flush()
     pending = (step + 1, metrics)
     if c.train.eval_every and (step + 1) % c.train.eval_every == 0 and step + 1 < T:
       val = evaluate_now(state, bound=False)['val_loss']
       log(f'step {step + 1}: val_loss {val:.4f}')
       metrics_log.write({'step': step + 1, 'val_loss': val, **curve_record(state)})
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
+      flush()  # the step's line before its checkpoint: a kill after the save loses no line
       check_faults(state['faults']['streak'])
       ckpts.save(step + 1, state, train_iter, layout=layout)
     if stop_after is not None and step + 1 >= stop_after:
-      report(*pending)
+      flush()
       ckpts.close()
       return None
     if guard.should_stop(step + 1):
-      report(*pending)
+      flush()
+      check_faults(state['faults']['streak'])
       if ckpts.latest_step() != step + 1:
         ckpts.save(step + 1, state, train_iter, force=True, layout=layout)
       ckpts.close()
       log(f'preempted at step {step + 1}: checkpoint saved in {ckpts.directory}; run the same '
           'command to resume')
       return None
-  if pending is not None:
-    report(*pending)
+  flush()
   check_faults(state['faults']['streak'])
   if ckpts.latest_step() != T:
     ckpts.save(T, state, train_iter, force=True, layout=layout)

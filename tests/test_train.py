@@ -62,7 +62,8 @@ def test_memorises_a_handful_of_texts_and_samples_one_back_exactly(tmp_path, qui
   train.train(c, str(tmp_path / 'run'), log=quiet)
   run = checkpoint.load_run(str(tmp_path / 'run'))
   samples = sampling.generate(run, num_samples=8, seed=0)
-  documents = [d.strip() for s in samples for d in s['documents'][1:-1]]  # whole ones only
+  # Whole documents only, and not the empty ones two end-of-text tokens in a row make.
+  documents = [d.strip() for s in samples for d in s['documents'][1:-1] if d.strip()]
   exact = [d for d in documents if d in texts]
   assert exact, f'no training text sampled back; got {documents[:4]}'
   assert len(exact) >= len(documents) // 2
