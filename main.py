@@ -7,10 +7,12 @@
   python main.py --mode=sample --workdir=runs/quickstart \
       --infill="Once upon a time [MASK:24] and they lived happily ever after."
   python main.py --mode=sample --workdir=runs/guided --label=yes --guidance=2
+  python main.py --mode=prepare --config configs/d12.py --workdir=gs://bucket/d12   # data only
 """
 
 import json
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -32,8 +34,10 @@ try:  # config_flags reads the --config.* overrides from sys.argv while defining
       'Experiment config file (train mode).')
 except (KeyError, AttributeError) as e:
   _unknown_key(e)
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
-_WORKDIR = flags.DEFINE_string('workdir', '', 'Run directory; default runs/<config name>.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'prepare'],
+                          'What to do (prepare: tokenizer and token shards only, one process).')
+_WORKDIR = flags.DEFINE_string('workdir', '', 'Run directory or URL (gs://...); default '
+                               'runs/<config name>.')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Checkpoint step (default: latest).')
 _OUTPUT = flags.DEFINE_string('output', '', 'sample: write JSONL here; eval: write JSON here.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling / evaluation seed.')
@@ -68,12 +72,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (-1: detected
 
 
 def _workdir() -> str:
-  from dlm.errors import DlmError
-  if '://' in _WORKDIR.value:  # os.makedirs would make a local directory named 'gs:'
-    raise DlmError(f'--workdir={_WORKDIR.value}: remote URLs are not read or written directly '
-                   'yet; use a directory every host sees (a shared filesystem, or the bucket '
-                   'mounted with gcsfuse)')
+  from dlm import storage
   if _WORKDIR.value:
+    storage.check_reachable(_WORKDIR.value)
     return _WORKDIR.value
   name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
   return os.path.join('runs', name)
@@ -217,8 +218,7 @@ def _eval_samples(run, stream) -> dict:
           'scorer': os.path.abspath(_SCORER.value) if scorer else None}
 
 
-def _train(workdir: str) -> None:
-  from dlm import checkpoint, sampling, sharding, train
+def _config():
   from dlm.errors import DlmError
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   if not os.path.exists(path):
@@ -228,7 +228,36 @@ def _train(workdir: str) -> None:
     c.model
   except OSError as e:  # config_flags defers a failed load until the config is used
     raise DlmError(f'cannot load the config: {" ".join(str(e).split())}')
-  result = train.train(c, workdir)
+  return c
+
+
+def _prepare(workdir: str) -> None:
+  from dlm import train
+  train.prepare(_config(), workdir)
+
+
+def _prepare_command(workdir: str) -> str:
+  """This command line as one process that only prepares the data (`--mode=prepare`)."""
+  drop = ('distributed', 'nodistributed', 'coordinator_address', 'num_processes', 'process_id',
+          'mode', 'workdir')
+  args, words = [], iter(sys.argv[1:])
+  for a in words:
+    name = a.lstrip('-').split('=')[0]
+    if not a.startswith('-') or name not in drop:
+      args.append(a)
+    elif '=' not in a and name not in ('distributed', 'nodistributed'):
+      next(words, None)  # the flag's value, given as the next word
+  return shlex.join(['python', sys.argv[0], '--mode=prepare', f'--workdir={workdir}', *args])
+
+
+def _train(workdir: str) -> None:
+  from dlm import checkpoint, data, sampling, sharding, train
+  from dlm.errors import DlmError
+  c = _config()
+  try:
+    result = train.train(c, workdir)
+  except data.NotPrepared as e:
+    raise DlmError(f'{e.reason}: {_prepare_command(workdir)}') from None
   rel = '=' if result.get('likelihood', '').startswith('exact') else '<='
   if sharding.is_main_process():
     mc = result.get('bits_per_token_mc_stderr')
@@ -270,10 +299,13 @@ def main(argv) -> None:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
   try:
+    if _DISTRIBUTED.value and _MODE.value == 'prepare':
+      raise DlmError('--mode=prepare runs in one process: drop --distributed')
     if _DISTRIBUTED.value:
       from dlm import sharding
       sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    {'train': _train, 'sample': _sample, 'eval': _eval}[_MODE.value](_workdir())
+    {'train': _train, 'sample': _sample, 'eval': _eval,
+     'prepare': _prepare}[_MODE.value](_workdir())
   except DlmError as e:
     _fail(str(e))
 

@@ -10,9 +10,9 @@ import json
 import jax
 import ml_collections
 
-from dlm import diffusion, labels, noise, samplers
+from dlm import diffusion, labels, noise, samplers, storage
 from dlm.errors import DlmError
-from dlm.model import ModelConfig
+from dlm.model import REMAT, ModelConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
       causal=False,        # True: the autoregressive baseline on the same backbone
       dtype='float32',     # compute dtype of every matmul; parameters stay float32
       attention='auto',    # auto (cudnn on NVIDIA GPUs in bf16, else xla) | xla | cudnn
+      remat='none',        # what the backward pass recomputes: none | block | dots (model.REMAT)
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
@@ -119,6 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SELF_CONDITION = ('previous', 'fresh')
+# Settings a run may change when it resumes: they change speed or memory, never the values.
+SAME_MATH = ('model.remat',)
 
 
 def model_config(c, vocab_size: int) -> ModelConfig:
@@ -136,7 +139,7 @@ def model_config(c, vocab_size: int) -> ModelConfig:
       path=c.diffusion.path,
       conditioning=not m.causal and c.diffusion.condition_fraction > 0,
       num_labels=len(labels.VALUES) if c.data.label and not m.causal else 0, dtype=m.dtype,
-      attention=attention(c))
+      attention=attention(c), remat=m.remat)
 
 
 def attention(c) -> str:
@@ -157,8 +160,9 @@ def _require(ok: bool, message: str) -> None:
     raise DlmError(message)
 
 
-def validate(c, num_devices: int = 1) -> None:
-  """Reject impossible values with one line that names the field."""
+def validate(c, num_devices: int | None = 1) -> None:
+  """Reject impossible values with one line that names the field (num_devices=None: leave out
+  the checks that depend on the devices)."""
   m, d, t, s = c.model, c.diffusion, c.train, c.sample
   _require(m.depth >= 1 or m.n_layer >= 1, 'model.depth must be >= 1')
   n_embd = m.n_embd or 64 * m.depth
@@ -168,6 +172,7 @@ def validate(c, num_devices: int = 1) -> None:
   _require(m.sequence_len >= 2, 'model.sequence_len must be >= 2')
   _require(m.diffusion_dim >= 1, 'model.diffusion_dim must be >= 1')
   _require(m.dtype in ('float32', 'bfloat16'), f'model.dtype={m.dtype!r}: use float32 or bfloat16')
+  _require(m.remat in REMAT, f'model.remat={m.remat!r}: expected one of {REMAT}')
   _require(m.attention in ('auto', 'xla', 'cudnn'),
            f'model.attention={m.attention!r}: expected auto, xla or cudnn')
   _require(m.attention != 'cudnn' or (jax.default_backend() == 'gpu' and m.dtype == 'bfloat16'),
@@ -199,9 +204,10 @@ def validate(c, num_devices: int = 1) -> None:
   _require(s.mask_len >= 1, 'sample.mask_len must be >= 1')
   _require(t.num_iterations >= 1, 'train.num_iterations must be >= 1')
   _require(t.device_batch_size >= 1, 'train.device_batch_size must be >= 1')
-  _require(t.fsdp >= 1 and num_devices % t.fsdp == 0,
-           f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
-  accumulation_steps(c, num_devices)
+  _require(t.fsdp >= 1, 'train.fsdp must be >= 1')
+  if num_devices is not None:
+    _require(num_devices % t.fsdp == 0, f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
+    accumulation_steps(c, num_devices)
   _require(0 <= t.ema_decay < 1, 'train.ema_decay must be in [0, 1)')
   _require(s.num_steps >= 1, 'sample.num_steps must be >= 1')
   _require(s.seq_len <= m.sequence_len,
@@ -234,15 +240,13 @@ def accumulation_steps(c, num_devices: int) -> int:
 
 
 def save_json(c, path) -> None:
-  with open(path, 'w') as f:
-    f.write(c.to_json(indent=2, sort_keys=True))
+  storage.write_text(path, c.to_json(indent=2, sort_keys=True))
 
 
 def load_json(path) -> ml_collections.ConfigDict:
   """The config a run saved in its workdir; merged over the defaults so old runs keep loading."""
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(storage.read_text(path))
   except FileNotFoundError:
     raise DlmError(f'no config.json in the workdir ({path}): is it a dlm training workdir?')
   except json.JSONDecodeError as e:

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dlm import checkpoint, data, evaluate, labels, losses, noise, sharding
+from dlm import checkpoint, data, evaluate, labels, losses, noise, sharding, storage
 from dlm import config as config_lib
 from dlm import state as state_lib
 from dlm.errors import DlmError
@@ -84,13 +84,14 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None):
 
 def _check_workdir_config(c, workdir: str) -> None:
   """Refuse to resume a workdir whose model or diffusion settings differ from this config."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = storage.join(workdir, 'config.json')
+  if not storage.exists(path):
     return
   saved = config_lib.load_json(path)
   for section in ('model', 'diffusion', 'data'):
-    if saved[section].to_dict() != c[section].to_dict():
-      diff = [k for k in c[section] if saved[section].get(k) != c[section][k]]
+    diff = [k for k in c[section] if saved[section].get(k) != c[section][k]
+            and f'{section}.{k}' not in config_lib.SAME_MATH]
+    if diff:
       raise DlmError(f'{workdir} holds a run with different {section} settings ({", ".join(diff)}): '
                      f'use a new --workdir or the original config')
 
@@ -99,22 +100,37 @@ class MetricsLog:
   """workdir/metrics.jsonl, one JSON object per logged step, appended across resumes."""
 
   def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = storage.join(workdir, 'metrics.jsonl')
     self.enabled = sharding.is_main_process()
     if not self.enabled:
       return
     kept = []
-    if os.path.exists(self.path):  # drop lines from after the checkpoint we resume from
-      with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
-    with open(self.path, 'w') as f:
-      f.writelines(kept)
+    if storage.exists(self.path):  # drop lines from after the checkpoint we resume from
+      kept = [l + '\n' for l in storage.read_text(self.path).splitlines()
+              if l.strip() and json.loads(l).get('step', 0) <= resume_step]
+    storage.write_text(self.path, ''.join(kept))
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    storage.append_lines(self.path, [json.dumps(record) + '\n'])
+
+
+def prepare(c: ml_collections.ConfigDict, workdir: str,
+            log=functools.partial(print, flush=True)) -> dict:
+  """The data of a run only (tokenizer, token shards, config.json), in one process: what a
+  multi-process run needs ready before it starts (`data.NotPrepared`). Returns the manifest."""
+  if sharding.process_count() > 1:
+    raise DlmError('preparing data runs in one process (a multi-process run does not tokenize)')
+  config_lib.validate(c, num_devices=None)  # the devices are the training run's, not ours
+  _check_workdir_config(c, workdir)
+  storage.makedirs(workdir)
+  _, directory, manifest = data.for_training(c, workdir, log)
+  config_lib.save_json(c, storage.join(workdir, 'config.json'))
+  t = manifest['splits']['train']
+  log(f'prepared: {t["tokens"]:,} train tokens in {directory}; start the training with the '
+      'same command without --mode=prepare')
+  return manifest
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(print, flush=True),
@@ -134,7 +150,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   mesh = sharding.make_mesh()
   accumulation = config_lib.accumulation_steps(c, n_dev)
   _check_workdir_config(c, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
 
   # ---- data ------------------------------------------------------------------------
   tok, data_dir, manifest = data.for_training(c, workdir, log)
@@ -146,11 +162,13 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
     raise DlmError(f'the validation split has {len(val_stream)} tokens, fewer than one window '
                    f'of sequence_len={L}: give more text or a shorter model.sequence_len')
   val_windows = data.eval_windows(val_stream, L, val_budget)
-  train_iter = iter(data.train_dataset(
-      data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B // jax.process_count()), c.seed,
-      jax.process_index(), jax.process_count(), c.data.num_workers))
+  batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
+  train_iter = data.TrainBatches(  # this process's rows of each step's batch, one step ahead
+      data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B), c.seed,
+      *sharding.process_block(batch_sh, (accumulation, B, L), 1), c.data.num_workers,
+      put=functools.partial(sharding.to_device, sharding=batch_sh))
   if sharding.is_main_process():
-    config_lib.save_json(c, os.path.join(workdir, 'config.json'))
+    config_lib.save_json(c, storage.join(workdir, 'config.json'))
 
   # ---- model, optimiser, state -------------------------------------------------------
   model, tx, init_fn = state_lib.create(mcfg, c)
@@ -175,12 +193,11 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   kind = 'autoregressive' if mcfg.causal else 'diffusion'
   log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}, '
-      f'{mcfg.dtype} matmuls, {mcfg.attention} attention')
+      f'{mcfg.dtype} matmuls, {mcfg.attention} attention, remat {mcfg.remat}')
   log(memory_report(state, n_dev, c.train.fsdp))
   log(f'batch: {B} sequences x {accumulation} accumulation x {L} tokens = '
       f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
 
-  batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
   label = None if mcfg.causal else labels.build(c.data.label, tok)
   if label is not None:
     log(f'label: {label.spec}, values {", ".join(label.values)} (dropped from '
@@ -196,7 +213,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(prin
   metrics_log = MetricsLog(workdir, start)
 
   def get_batch():
-    return sharding.to_device(next(train_iter), batch_sh)  # this process's rows
+    return next(train_iter)
 
   def evaluate_now(state, bound: bool, discrete: bool = True) -> dict:
     return evaluate.evaluate(state_lib.sampling_params(state), model, eval_config, val_windows,
