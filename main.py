@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 
 def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
+  sys.stderr.write(f'error: {message}\n')  # one write: whole lines when processes share a tty
   sys.exit(1)
 
 

@@ -101,7 +101,7 @@ class Tokenizer:
     lines, config = self._files()
     storage.write_text(directory / RANKS_FILE, lines)
     storage.save_npy(directory / BYTES_FILE, self._token_bytes)
-    storage.write_text(directory / CONFIG_FILE, config)  # last: its presence means a whole tokenizer
+    storage.write_text(directory / CONFIG_FILE, config)  # last: its presence means a whole one
 
   @classmethod
   def load(cls, directory) -> "Tokenizer":

@@ -12,7 +12,8 @@ characters; each chunk is encoded in parallel (tiktoken releases the GIL, so thr
 without pickling anything into worker processes) and written as one train and one validation
 shard. The split is by document: one in every round(1 / val_fraction) documents is held out, so
 the validation set is spread over the whole corpus. A re-run with the same settings skips the
-chunks whose shards exist; a run with other settings in the same directory is refused.
+chunks whose shards exist; a run with other settings in the same directory is refused. The
+output may be a local directory or a gs:// (any `etils.epath`) URL; the inputs are local.
 """
 
 import argparse
