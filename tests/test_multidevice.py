@@ -40,6 +40,11 @@ if processes > 1:  # without prepared data every process stops at once
     train.train(c, workdir + '-empty', log=lambda *a, **k: None)
   except data.NotPrepared as e:
     not_prepared = {'message': str(e), 'seconds': time.perf_counter() - began}
+  c.data.path = data_path if process == 0 else ''  # as if process 1 saw other storage
+  try:
+    train.train(c, workdir + '-unshared', log=lambda *a, **k: None)
+  except Exception as e:
+    not_prepared['unshared'] = f'{type(e).__name__}: {e}'
 c.data.path = data_path
 train.train(c, workdir, log=lambda *a, **k: None, stop_after=stop or None)
 losses = [r['loss'] for r in common.loss_curve(workdir) if 'loss' in r] if process == 0 else []
@@ -122,11 +127,14 @@ def test_eight_devices_train_like_one_split_eval_and_sampling_and_resume_on_one_
 def test_two_processes_of_two_devices_train_like_one_and_one_process_resumes_them(tmp_path, one):
   """Two processes joined through gloo, each with 2 devices and its rows of every batch,
   follow the 1-device curve; one process on one device resumes their checkpoint. Without
-  prepared data the two stop at once (a 2-process run never tokenizes)."""
+  prepared data the two stop at once (a 2-process run never tokenizes), and together when only
+  one of them sees it."""
   two = _run(tmp_path, 2, 'two', stop=3, processes=2, data_path=one['data'], full=False)
   assert (two['processes'], two['devices']) == (2, 4)
   assert 'a 2-process run does not tokenize' in two['not_prepared']['message']
   assert two['not_prepared']['seconds'] < 30
+  assert two['not_prepared']['unshared'].startswith('DlmError: processes 1 do not see the '
+                                                    'prepared data')
   np.testing.assert_allclose(two['losses'], one['losses'][:3], rtol=1e-4)
   resumed = _run(tmp_path, 1, 'two', data_path=one['data'])
   assert resumed['processes'] == 1
