@@ -203,7 +203,7 @@ def _print_curve(curve: dict, proposal) -> None:
 
 def _eval_samples(run, stream) -> dict:
   """Sample quality at the flags' settings beside held-out windows of the same shape."""
-  from dlm import checkpoint, metrics, quality
+  from dlm import checkpoint, metrics, quality, storage
   _check_sample_flags(run)
   scorer = checkpoint.load_run(_SCORER.value) if _SCORER.value else None
   n = _NUM_SAMPLES.value or run.config.sample.num_samples
@@ -215,7 +215,7 @@ def _eval_samples(run, stream) -> dict:
                                                            _SEED.value),
                                  run.tokenizer.bos_id, scorer)
   return {'samples': samples, 'held_out': held_out,
-          'scorer': os.path.abspath(_SCORER.value) if scorer else None}
+          'scorer': storage.absolute(_SCORER.value) if scorer else None}
 
 
 def _config():
