@@ -7,10 +7,12 @@
   python main.py --mode=sample --workdir=runs/quickstart \
       --infill="Once upon a time [MASK:24] and they lived happily ever after."
   python main.py --mode=sample --workdir=runs/guided --label=yes --guidance=2
+  python main.py --mode=prepare --config configs/d12.py --workdir=gs://bucket/d12   # data only
 """
 
 import json
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -18,7 +20,7 @@ from ml_collections import config_flags
 
 
 def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
+  sys.stderr.write(f'error: {message}\n')  # one write: whole lines when processes share a tty
   sys.exit(1)
 
 
@@ -38,8 +40,10 @@ try:  # config_flags reads the --config.* overrides from sys.argv while defining
       'Experiment config file (train mode).')
 except (KeyError, AttributeError) as e:
   _unknown_key(e)
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
-_WORKDIR = flags.DEFINE_string('workdir', '', 'Run directory; default runs/<config name>.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'prepare'],
+                          'What to do (prepare: tokenizer and token shards only, one process).')
+_WORKDIR = flags.DEFINE_string('workdir', '', 'Run directory or URL (gs://...); default '
+                               'runs/<config name>.')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Checkpoint step (default: latest).')
 _OUTPUT = flags.DEFINE_string('output', '', 'sample: write JSONL here; eval: write JSON here.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling / evaluation seed.')
@@ -81,6 +85,7 @@ _SAMPLING = ('checkpoint', 'output', 'seed', 'num_samples', 'seq_len', 'num_step
 # ignored --seed or --config.sample.num_steps would look as if it had been applied.
 MODE_FLAGS = {
     'train': (*_EVERY_MODE, 'config'),
+    'prepare': (*_EVERY_MODE, 'config'),
     'sample': (*_EVERY_MODE, *_SAMPLING, 'prompt', 'infill', 'label', 'guidance'),
     'eval': (*_EVERY_MODE, *_SAMPLING, 'eval_tokens', 'batch_size', 'bound_samples', 'eval_data',
              'scorer'),
@@ -90,7 +95,7 @@ MODE_FLAGS = {
 def _check_mode_flags(argv) -> None:
   from dlm.errors import DlmError
   mode = _MODE.value
-  if mode != 'train' and any(a.startswith('--config') for a in argv[1:]):
+  if mode not in ('train', 'prepare') and any(a.startswith('--config') for a in argv[1:]):
     raise DlmError(f'--config and --config.* apply to --mode=train: --mode={mode} reads the run\'s '
                    'own config.json (use the sampling flags, e.g. --num_steps)')
   for name in sorted({n for names in MODE_FLAGS.values() for n in names}):
@@ -101,12 +106,9 @@ def _check_mode_flags(argv) -> None:
 
 
 def _workdir() -> str:
-  from dlm.errors import DlmError
-  if '://' in _WORKDIR.value:  # os.makedirs would make a local directory named 'gs:'
-    raise DlmError(f'--workdir={_WORKDIR.value}: remote URLs are not read or written directly '
-                   'yet; use a directory every host sees (a shared filesystem, or the bucket '
-                   'mounted with gcsfuse)')
+  from dlm import storage
   if _WORKDIR.value:
+    storage.check_reachable(_WORKDIR.value)
     return _WORKDIR.value
   name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
   return os.path.join('runs', name)
@@ -242,7 +244,7 @@ def _print_curve(curve: dict, proposal) -> None:
 
 def _eval_samples(run, stream, scorer) -> dict:
   """Sample quality at the flags' settings beside held-out windows of the same shape."""
-  from dlm import metrics, quality
+  from dlm import metrics, quality, storage
   n = _NUM_SAMPLES.value or run.config.sample.num_samples
   samples = quality.sample_quality(run, n, seed=_SEED.value, scorer=scorer,
                                    seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
@@ -252,11 +254,10 @@ def _eval_samples(run, stream, scorer) -> dict:
                                                            _SEED.value),
                                  run.tokenizer.bos_id, scorer)
   return {'samples': samples, 'held_out': held_out,
-          'scorer': os.path.abspath(_SCORER.value) if scorer else None}
+          'scorer': storage.absolute(_SCORER.value) if scorer else None}
 
 
-def _train(workdir: str) -> None:
-  from dlm import checkpoint, sampling, sharding, train
+def _config():
   from dlm.errors import DlmError
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   if not os.path.exists(path):
@@ -266,7 +267,36 @@ def _train(workdir: str) -> None:
     c.model
   except OSError as e:  # config_flags defers a failed load until the config is used
     raise DlmError(f'cannot load the config: {" ".join(str(e).split())}')
-  result = train.train(c, workdir)
+  return c
+
+
+def _prepare(workdir: str) -> None:
+  from dlm import train
+  train.prepare(_config(), workdir)
+
+
+def _prepare_command(workdir: str) -> str:
+  """This command line as one process that only prepares the data (`--mode=prepare`)."""
+  drop = ('distributed', 'nodistributed', 'coordinator_address', 'num_processes', 'process_id',
+          'mode', 'workdir')
+  args, words = [], iter(sys.argv[1:])
+  for a in words:
+    name = a.lstrip('-').split('=')[0]
+    if not a.startswith('-') or name not in drop:
+      args.append(a)
+    elif '=' not in a and name not in ('distributed', 'nodistributed'):
+      next(words, None)  # the flag's value, given as the next word
+  return shlex.join(['python', sys.argv[0], '--mode=prepare', f'--workdir={workdir}', *args])
+
+
+def _train(workdir: str) -> None:
+  from dlm import checkpoint, data, sampling, sharding, train
+  from dlm.errors import DlmError
+  c = _config()
+  try:
+    result = train.train(c, workdir)
+  except data.NotPrepared as e:
+    raise DlmError(f'{e.reason}: {_prepare_command(workdir)}') from None
   if result is None:  # stopped by a signal, with a checkpoint: the same command resumes
     return
   rel = '=' if result.get('likelihood', '').startswith('exact') else '<='
@@ -336,10 +366,13 @@ def main(argv) -> None:
     sys.exit(2)
   try:
     _check_mode_flags(sys.argv)
+    if _DISTRIBUTED.value and _MODE.value == 'prepare':
+      raise DlmError('--mode=prepare runs in one process: drop --distributed')
     if _DISTRIBUTED.value:
       from dlm import sharding
       sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    {'train': _train, 'sample': _sample, 'eval': _eval}[_MODE.value](_workdir())
+    {'train': _train, 'sample': _sample, 'eval': _eval,
+     'prepare': _prepare}[_MODE.value](_workdir())
   except DlmError as e:
     _fail(str(e))
 

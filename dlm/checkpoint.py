@@ -1,11 +1,12 @@
 """Orbax checkpoints of the training state, and loading a finished run for sampling / eval.
 
-A workdir holds config.json, tokenizer/, data/ (prepared tokens) and checkpoints/<step>/.
-Each checkpoint holds the state and, as item 'data', every process's grain iterator state (one
-JSON file per process, grain's own Orbax handler), so a resumed run continues with the exact
-next batch. Saves are asynchronous; `close()` waits for the last one, since an unfinished async
-save is silently lost when the process exits. The iterator item is written synchronously,
-inside `save`, before the training loop draws the next batch.
+A workdir (local, or any `etils.epath` URL such as gs://) holds config.json, tokenizer/, data/
+(prepared tokens) and checkpoints/<step>/. Each checkpoint holds the state and, as item
+'position', the windows of the data stream consumed so far (`data.TrainBatches`), so a resumed
+run continues with the exact next batch, on any number of processes or devices. Saves are
+asynchronous; `close()` waits for the last one, since an unfinished async save is silently lost
+when the process exits. Checkpoints of older versions hold grain's iterator state instead
+(item 'data'), read when they resume with the same layout.
 
 Damage. Orbax writes a checkpoint under a temporary name and renames it when complete, so a
 process killed mid-save leaves no half checkpoint under a step's name (the temporary directory
@@ -29,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from dlm import config as config_lib
-from dlm import optim, sharding, state as state_lib
+from dlm import optim, sharding, state as state_lib, storage
 from dlm.errors import DlmError
 from dlm.model import ModelConfig, Transformer
 from dlm.tokenizer import Tokenizer
@@ -41,10 +42,10 @@ MANIFEST = 'dlm_manifest.json'
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = storage.join(storage.absolute(workdir), 'checkpoints')
     self.read_only = read_only
     self._pending = None  # the step of the save in flight
-    if read_only and not os.path.isdir(self.directory):
+    if read_only and not storage.is_dir(self.directory):
       raise DlmError(f'no checkpoints in {workdir}: train first (python main.py --workdir={workdir})')
     # A read-only manager makes Orbax warn three times that it will not save; loading a run
     # in a notebook should print nothing, so those warnings are held back while it is built.
@@ -62,6 +63,7 @@ class Checkpoints:
           item_handlers={'state': ocp.PyTreeCheckpointHandler() if read_only
                          else ocp.StandardCheckpointHandler(),
                          'data': grain.checkpoint.CheckpointHandler(),
+                         'position': ocp.JsonCheckpointHandler(),
                          'layout': ocp.JsonCheckpointHandler()})
     finally:
       logging.set_verbosity(verbosity)
@@ -76,12 +78,12 @@ class Checkpoints:
 
   def save(self, step: int, state, data_iterator=None, force: bool = False,
            layout: dict | None = None) -> None:
-    """layout: how the data iterator's position reads (windows per step, processes), which a
-    resumed run must match to continue the same data (`check_layout`)."""
+    """data_iterator: the run's `data.TrainBatches`, whose position is saved. layout: windows
+    per step and processes, for the record."""
     self._settle()
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+      items['position'] = ocp.args.JsonSave({'windows': data_iterator.position})
     if layout is not None:
       items['layout'] = ocp.args.JsonSave(layout)
     try:
@@ -99,9 +101,9 @@ class Checkpoints:
       self.manager.wait_until_finished()
     except Exception as e:
       self._failed(step, e)
-    path = os.path.join(self.directory, str(step))
-    if sharding.is_main_process() and os.path.isdir(path):
-      write_manifest(path)
+    path = storage.join(self.directory, str(step))
+    if sharding.is_main_process() and not storage.is_remote(path) and os.path.isdir(path):
+      write_manifest(path)  # object stores publish whole objects: nothing to check there
 
   def _failed(self, step: int, e: Exception):
     """A save failed: stop with one line. Orbax deletes old checkpoints only after a new one is
@@ -110,7 +112,7 @@ class Checkpoints:
       self.manager.close()
     logging.get_absl_logger().removeFilter(_quiet_write_errors)
     reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
-    kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    kept = sorted(int(n) for n in _names(self.directory) if n.isdigit())
     raise DlmError(f'cannot write checkpoint {step} in {self.directory}: {reason}; the earlier '
                    f'checkpoints ({", ".join(map(str, kept)) or "none"}) are untouched: make '
                    'room and run the same command to resume') from None
@@ -118,10 +120,14 @@ class Checkpoints:
   def problem(self, step: int, items=('state',)) -> str | None:
     """What is wrong with checkpoint `step` on disk (a file missing or of another size than
     its manifest says, one of `items` or the state's metadata missing), or None."""
-    path = os.path.join(self.directory, str(step))
+    path = storage.join(self.directory, str(step))
     for item in items:
-      if not os.path.isdir(os.path.join(path, item)):
+      if not self._has(step, item):
         return f'it has no {item}'
+    if not (self._has(step, 'position') or self._has(step, 'data')):
+      return 'it has no data position'
+    if storage.is_remote(path):
+      return None  # no manifest there: a restore that fails is what finds damage
     try:
       with open(os.path.join(path, MANIFEST)) as f:
         sizes = json.load(f)
@@ -146,7 +152,7 @@ class Checkpoints:
     Damaged ones (`problem`, or a restore that fails) are reported in one line each and renamed
     aside, and the one before is tried. A config or layout mismatch is no damage: it stops the
     run (DlmError) with nothing renamed."""
-    items = ('state',) if data_iterator is None else ('state', 'data')
+    items = ('state',)
     while True:
       step = self._newest_intact(items)
       if step is None:
@@ -154,7 +160,8 @@ class Checkpoints:
 
       def read(step=step):
         self.check_layout(step, layout)
-        if data_iterator is not None:  # grain would call its missing file a config mismatch
+        if data_iterator is not None and not self._has(step, 'position'):  # an older run's
+          # grain state: grain would call its missing file a config mismatch
           name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
           if not os.path.isfile(os.path.join(self.directory, str(step), 'data', name)):
             raise FileNotFoundError(f'data/{name} is missing')
@@ -183,7 +190,7 @@ class Checkpoints:
     sharding.barrier('checkpoint checks')
     for s, problem in bad:
       self._set_aside(s, problem)
-    aside = sorted(n for n in os.listdir(self.directory) if '.corrupt' in n)
+    aside = sorted(n for n in _names(self.directory) if '.corrupt' in n)
     if step is None and aside:
       raise DlmError(f'no usable checkpoint in {self.directory}: {", ".join(aside)} are damaged. '
                      'Restore them, or move them away to start the run over')
@@ -193,35 +200,55 @@ class Checkpoints:
     """Rename a damaged checkpoint to <step>.corrupt, which Orbax does not list: it is never
     tried again, and nothing is deleted."""
     if sharding.is_main_process():
-      path = os.path.join(self.directory, str(step))
+      path = storage.join(self.directory, str(step))
       aside, n = path + '.corrupt', 1
-      while os.path.exists(aside):
+      while storage.exists(aside):
         n += 1
         aside = f'{path}.corrupt{n}'
-      os.rename(path, aside)
+      storage.path(path).rename(aside)
       print(f'warning: checkpoint {step} in {self.directory} is damaged ({problem}); renamed '
             f'it {os.path.basename(aside)} and going back to the one before', file=sys.stderr)
     sharding.barrier('checkpoint set aside')
     self.manager.reload()
 
   def check_layout(self, step: int, layout: dict) -> None:
-    """Refuse to resume when the data position of checkpoint `step` means other windows here.
+    """Refuse to resume an older checkpoint whose data position means other windows here.
 
-    The iterator's state counts this process's batches, so it points at the same windows only
-    with the same windows per optimiser step and the same number of processes; the device
-    count and the split into micro-batches may change. Checkpoints without a layout (older
-    runs) are not checked."""
-    if not os.path.isdir(os.path.join(self.directory, str(step), 'layout')):
+    A checkpoint with a 'position' resumes on any layout. An older one holds grain's count of
+    this process's batches, which points at the same windows only with the same windows per
+    optimiser step and one process (the stream was cut per process then). Checkpoints with
+    neither a position nor a layout (older still) are not checked."""
+    if self._has(step, 'position') or not self._has(step, 'layout'):
       return
     saved = self.manager.restore(step, args=ocp.args.Composite(
         layout=ocp.args.JsonRestore()))['layout']
     diff = [f'{k} {saved.get(k)} there, {v} here' for k, v in layout.items()
             if saved.get(k) != v]
+    if saved.get('processes', 1) != 1:
+      diff.append(f'processes {saved["processes"]} there, whose data order this version '
+                  'no longer reads')
     if diff:
       raise DlmError(f'checkpoint {step} in {self.directory} was written with another data '
                      f'layout ({"; ".join(diff)}): resuming would repeat or skip data. Keep '
                      'train.device_batch_size x devices x accumulation and the process count, '
                      'or use a new --workdir')
+
+  def _has(self, step: int, item: str) -> bool:
+    return storage.is_dir(storage.join(self.directory, str(step), item))
+
+  def _position(self, step: int, windows_per_step: int) -> int:
+    """Windows consumed at `step`; from an older checkpoint's grain state, its count of
+    batches times the windows per step (`check_layout` made sure they match)."""
+    if self._has(step, 'position'):
+      return self.manager.restore(step, args=ocp.args.Composite(
+          position=ocp.args.JsonRestore()))['position']['windows']
+    if not self._has(step, 'data'):
+      raise DlmError(f'checkpoint {step} in {self.directory} has no data position')
+    grain_state = json.loads(storage.read_text(
+        storage.join(self.directory, str(step), 'data', 'process_0-of-1.json')))
+    layout = self.manager.restore(step, args=ocp.args.Composite(
+        layout=ocp.args.JsonRestore()))['layout'] if self._has(step, 'layout') else {}
+    return grain_state['next_index'] * layout.get('windows_per_step', windows_per_step)
 
   def _check_shapes(self, step: int, abstract_state, parts: tuple[str, ...] = ('params',)) -> None:
     """Compare the names and shapes of these parts of the state with the checkpoint's metadata
@@ -239,13 +266,12 @@ class Checkpoints:
                          f'{part}/{name} is {have.get(name)} there and {want.get(name)} here')
 
   def restore(self, step: int, abstract_state, data_iterator=None):
-    """The state at `step`; with `data_iterator`, also moves it to where it was at `step`."""
+    """The state at `step`; with `data_iterator` (a `data.TrainBatches`), also moves it to
+    where the data stream was at `step`."""
     self._check_shapes(step, abstract_state)
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      if not os.path.isdir(os.path.join(self.directory, str(step), 'data')):
-        raise DlmError(f'checkpoint {step} in {self.directory} has no data iterator state')
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+      data_iterator.restore(self._position(step, data_iterator.windows_per_step))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
@@ -274,6 +300,10 @@ class Checkpoints:
       logging.get_absl_logger().removeFilter(_quiet_write_errors)
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _names(directory: str) -> list[str]:
+  return [p.name for p in storage.path(directory).iterdir()] if storage.exists(directory) else []
 
 
 def write_manifest(path: str) -> None:
@@ -369,12 +399,12 @@ class Run:
 
 def load_run(workdir: str, checkpoint: int | None = None) -> Run:
   """The run in `workdir` at its latest (or the given) checkpoint, EMA weights if kept."""
-  if not os.path.isdir(workdir):
-    raise DlmError(f'workdir {workdir} ' + ('is a file, not a directory' if os.path.exists(workdir)
+  if not storage.is_dir(workdir):
+    raise DlmError(f'workdir {workdir} ' + ('is a file, not a directory' if storage.exists(workdir)
                                             else 'does not exist'))
-  c = config_lib.load_json(os.path.join(workdir, 'config.json'))
-  tok_dir = os.path.join(workdir, 'tokenizer')
-  if not os.path.exists(os.path.join(tok_dir, 'tokenizer.json')):
+  c = config_lib.load_json(storage.join(workdir, 'config.json'))
+  tok_dir = storage.join(workdir, 'tokenizer')
+  if not storage.exists(storage.join(tok_dir, 'tokenizer.json')):
     raise DlmError(f'no tokenizer in {workdir}: was training started there?')
   tok = Tokenizer.load(tok_dir)
   mcfg = config_lib.model_config(c, tok.vocab_size)

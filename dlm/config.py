@@ -12,9 +12,9 @@ import math
 import jax
 import ml_collections
 
-from dlm import diffusion, labels, noise, samplers
+from dlm import diffusion, labels, noise, samplers, storage
 from dlm.errors import DlmError
-from dlm.model import ModelConfig
+from dlm.model import REMAT, ModelConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
       causal=False,        # True: the autoregressive baseline on the same backbone
       dtype='float32',     # compute dtype of every matmul; parameters stay float32
       attention='auto',    # auto (cudnn on NVIDIA GPUs in bf16, else xla) | xla | cudnn
+      remat='block',       # what the backward pass recomputes: none | block | dots (model.REMAT);
+                           # block was the fastest on the quickstart on CPU (README, Scaling out)
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
@@ -142,7 +144,7 @@ def model_config(c, vocab_size: int) -> ModelConfig:
       path=c.diffusion.path,
       conditioning=not m.causal and c.diffusion.condition_fraction > 0,
       num_labels=len(labels.VALUES) if c.data.label and not m.causal else 0, dtype=m.dtype,
-      attention=attention(c))
+      attention=attention(c), remat=m.remat)
 
 
 def attention(c) -> str:
@@ -226,6 +228,7 @@ RULES = {
     'model.causal': _boolean,
     'model.dtype': _one_of('float32', 'bfloat16'),
     'model.attention': _one_of('auto', 'xla', 'cudnn'),
+    'model.remat': _one_of(*REMAT),
     'diffusion.diffusion_steps': _integer(1),
     'diffusion.noise_schedule': _one_of(*diffusion.SCHEDULES),
     'diffusion.allocation': _one_of(*noise.ALLOCATIONS),
@@ -328,9 +331,10 @@ def check_fields(c) -> None:
     _require(complaint is None, f'{key}={flat[key]!r} {complaint}')
 
 
-def validate(c, num_devices: int = 1) -> None:
+def validate(c, num_devices: int | None = 1) -> None:
   """Reject unknown fields and impossible values with one line that names the field; runs
-  before any data is read or any file is written."""
+  before any data is read or any file is written (num_devices=None: leave out the checks that
+  depend on the devices)."""
   check_fields(c)
   m, d, t, s = c.model, c.diffusion, c.train, c.sample
   # Fields that are only wrong together.
@@ -347,8 +351,10 @@ def validate(c, num_devices: int = 1) -> None:
            f'token_logsnr_max={d.token_logsnr_max:g}')
   _require(s.seq_len <= m.sequence_len,
            f'sample.seq_len={s.seq_len} exceeds model.sequence_len={m.sequence_len}')
-  _require(num_devices % t.fsdp == 0, f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
-  accumulation_steps(c, num_devices)
+  if num_devices is not None:
+    _require(num_devices % t.fsdp == 0,
+             f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
+    accumulation_steps(c, num_devices)
 
 
 # ---- resuming -------------------------------------------------------------------------------
@@ -369,6 +375,7 @@ MAY_CHANGE_ON_RESUME = (
     'train.logits_chunk',      # how the cross-entropy is split in memory, not its value
     'train.max_bad_steps',     # when to give up on non-finite steps
     'model.attention',         # the same attention computed by another kernel
+    'model.remat',             # what the backward pass recomputes, not what it computes
     'data.num_workers',        # how batches are loaded, not which
     'sample', 'eval',          # used after training, or by --mode=sample / eval
 )
@@ -399,15 +406,13 @@ def accumulation_steps(c, num_devices: int) -> int:
 
 
 def save_json(c, path) -> None:
-  with open(path, 'w') as f:
-    f.write(c.to_json(indent=2, sort_keys=True))
+  storage.write_text(path, c.to_json(indent=2, sort_keys=True))
 
 
 def load_json(path) -> ml_collections.ConfigDict:
   """The config a run saved in its workdir; merged over the defaults so old runs keep loading."""
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(storage.read_text(path))
   except FileNotFoundError:
     raise DlmError(f'no config.json in the workdir ({path}): is it a dlm training workdir?')
   except json.JSONDecodeError as e:

@@ -33,10 +33,22 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def process_count() -> int:
+  return jax.process_count()
+
+
 def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def gather_flags(flag: bool) -> list[bool]:
+  """Every process's value of `flag`, in process order (a small collective)."""
+  if jax.process_count() == 1:
+    return [bool(flag)]
+  from jax.experimental import multihost_utils
+  return [bool(f) for f in multihost_utils.process_allgather(np.array([flag], np.int32))]
 
 
 AXES = ('data', 'fsdp')
@@ -131,6 +143,19 @@ def fetch(tree):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
   return jax.tree.map(one, tree)
+
+
+def process_block(sharding: NamedSharding, shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+  """(k, n): this process holds block k of the n equal blocks of `axis` of a global array of
+  `shape` (`to_device` fills them from its local rows), so a pipeline can give each process
+  its rows of one global batch, whatever the topology."""
+  rows = {index[axis].indices(shape[axis])[:2]
+          for index in sharding.addressable_devices_indices_map(shape).values()}
+  start, size = min(a for a, _ in rows), max(b for _, b in rows) - min(a for a, _ in rows)
+  if sum(b - a for a, b in rows) != size or shape[axis] % size or start % size:
+    raise ValueError(f'this process holds rows {start}:{start + size} of {shape[axis]}: not one '
+                     'of equal blocks')
+  return start // size, shape[axis] // size
 
 
 def to_device(local: np.ndarray, sharding: NamedSharding):

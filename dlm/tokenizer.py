@@ -13,12 +13,13 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import rustbpe
 import tiktoken
+from etils import epath
 
+from dlm import storage
 from dlm.errors import DlmError
 
 # GPT-4's split pattern with numbers split into groups of at most two digits (nanochat).
@@ -92,19 +93,19 @@ class Tokenizer:
     return hashlib.sha256("".join(self._files()).encode()).hexdigest()
 
   def save(self, directory) -> None:
-    """The ranks and config (what `load` reads) plus token byte lengths for other tools."""
-    directory = Path(directory)
+    """The ranks and config (what `load` reads) plus token byte lengths for other tools.
+
+    `directory` may be local or any `etils.epath` URL (a gs:// workdir)."""
+    directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lines, config = self._files()
-    _write_atomic(directory / RANKS_FILE, lines)
-    tmp = directory / f"{BYTES_FILE}.tmp{os.getpid()}.npy"
-    np.save(tmp, self._token_bytes, allow_pickle=False)
-    os.replace(tmp, directory / BYTES_FILE)
-    _write_atomic(directory / CONFIG_FILE, config)  # last: its presence means a whole tokenizer
+    storage.write_text(directory / RANKS_FILE, lines)
+    storage.save_npy(directory / BYTES_FILE, self._token_bytes)
+    storage.write_text(directory / CONFIG_FILE, config)  # last: its presence means a whole one
 
   @classmethod
   def load(cls, directory) -> "Tokenizer":
-    directory = Path(directory)
+    directory = epath.Path(directory)
     config = _read_config(directory / CONFIG_FILE)
     ranks = _read_ranks(directory / RANKS_FILE)
     try:
@@ -186,7 +187,7 @@ def _make_encoding(ranks: dict[bytes, int], pattern: str,
     raise DlmError(f"cannot build tokenizer: {e}") from None
 
 
-def _read_config(path: Path) -> dict:
+def _read_config(path: epath.Path) -> dict:
   try:
     config = json.loads(path.read_text(encoding="utf-8"))
   except OSError as e:
@@ -205,11 +206,11 @@ def _read_config(path: Path) -> dict:
   return config
 
 
-def _read_ranks(path: Path) -> dict[bytes, int]:
+def _read_ranks(path: epath.Path) -> dict[bytes, int]:
   # Parsed here, not with tiktoken.load.load_tiktoken_bpe: that caches files by path in a
   # temp dir, so a tokenizer re-saved at the same path could load stale ranks.
   try:
-    lines = path.read_text(encoding="ascii").splitlines()
+    lines = path.read_bytes().decode("ascii").splitlines()
   except OSError as e:
     raise DlmError(f"cannot read tokenizer ranks {path}: {e.strerror}") from None
   except UnicodeDecodeError:
@@ -231,9 +232,3 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
     raise DlmError(f"tokenizer ranks {path} lacks some of the 256 single-byte tokens")
   return ranks
 
-
-def _write_atomic(path: Path, text: str) -> None:
-  # Write then rename, so a reader on a shared workdir never sees a half-written file.
-  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)

@@ -19,7 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dlm import checkpoint, data, evaluate, labels, losses, noise, preemption, runlock, sharding
+from dlm import (checkpoint, data, evaluate, labels, losses, noise, preemption, runlock,
+                 sharding, storage)
 from dlm import config as config_lib
 from dlm import state as state_lib
 from dlm.errors import DlmError
@@ -123,8 +124,8 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
 def _check_workdir_config(c, workdir: str) -> None:
   """Refuse to resume a workdir whose saved config differs from this one in anything but
   `config.MAY_CHANGE_ON_RESUME`."""
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
+  path = storage.join(workdir, 'config.json')
+  if storage.exists(path):
     diff = config_lib.resume_conflicts(config_lib.load_json(path), c)
     if diff:
       raise DlmError(f'{workdir} holds a run with other settings ({"; ".join(diff)}): use a new '
@@ -132,6 +133,9 @@ def _check_workdir_config(c, workdir: str) -> None:
 
 
 def _make_workdir(workdir: str) -> None:
+  if storage.is_remote(workdir):
+    storage.makedirs(workdir)
+    return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise DlmError(f'the workdir {workdir} is a file, not a directory')
   try:
@@ -146,25 +150,39 @@ class MetricsLog:
   A run first drops the records it is about to write again: those after the checkpoint it
   resumes from (all of them when it starts afresh), and the final evaluation when it resumes at
   the last step (killed during it), so no step appears twice; and a torn last line left by a
-  kill mid-write. The new file replaces the old one whole (os.replace), so a kill during the
-  rewrite leaves one or the other."""
+  kill mid-write. The new file replaces the old one whole (`storage.write_text`), so a kill
+  during the rewrite leaves one or the other."""
 
   def __init__(self, workdir: str, resume_step: int, last_step: int | None = None):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = storage.join(workdir, 'metrics.jsonl')
     self.enabled = sharding.is_main_process()
     if not self.enabled:
       return
     kept = [line for line, r in _whole_records(self.path)
             if _kept(r.get('step', 0), 'loss' in r, resume_step, last_step)]
-    with open(self.path + '.tmp', 'w') as f:
-      f.writelines(kept)
-    os.replace(self.path + '.tmp', self.path)
+    storage.write_text(self.path, ''.join(kept))  # whole or not at all
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    storage.append_lines(self.path, [json.dumps(record) + '\n'])
+
+
+def prepare(c: ml_collections.ConfigDict, workdir: str,
+            log=functools.partial(print, flush=True)) -> dict:
+  """The data of a run only (tokenizer, token shards, config.json), in one process: what a
+  multi-process run needs ready before it starts (`data.NotPrepared`). Returns the manifest."""
+  if sharding.process_count() > 1:
+    raise DlmError('preparing data runs in one process (a multi-process run does not tokenize)')
+  config_lib.validate(c, num_devices=None)  # the devices are the training run's, not ours
+  _check_workdir_config(c, workdir)
+  storage.makedirs(workdir)
+  _, directory, manifest = data.for_training(c, workdir, log)
+  config_lib.save_json(c, storage.join(workdir, 'config.json'))
+  t = manifest['splits']['train']
+  log(f'prepared: {t["tokens"]:,} train tokens in {directory}; start the training with the '
+      'same command without --mode=prepare')
+  return manifest
 
 
 def _kept(step: int, is_loss: bool, resume_step: int, last_step: int | None) -> bool:
@@ -178,16 +196,15 @@ def _kept(step: int, is_loss: bool, resume_step: int, last_step: int | None) -> 
 
 def _whole_records(path: str):
   """(line, record) for each line of `path` that holds a whole JSON object."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(record, dict):
-        yield line.rstrip('\n') + '\n', record
+  for line in storage.read_text(path).splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict):
+      yield line + '\n', record
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(print, flush=True),
@@ -214,8 +231,8 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   accumulation = config_lib.accumulation_steps(c, n_dev)
   _check_workdir_config(c, workdir)
   _make_workdir(workdir)
-  if sharding.is_main_process():  # one run per workdir
-    held.enter_context(runlock.hold(workdir))
+  if sharding.is_main_process() and not storage.is_remote(workdir):  # one run per workdir
+    held.enter_context(runlock.hold(workdir))  # (object stores have no locks)
 
   # ---- data ------------------------------------------------------------------------
   tok, data_dir, manifest = data.for_training(c, workdir, log)
@@ -227,9 +244,11 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
     raise DlmError(f'the validation split has {len(val_stream)} tokens, fewer than one window '
                    f'of sequence_len={L}: give more text or a shorter model.sequence_len')
   val_windows = data.eval_windows(val_stream, L, val_budget)
-  train_iter = iter(data.train_dataset(
-      data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B // jax.process_count()), c.seed,
-      jax.process_index(), jax.process_count(), c.data.num_workers))
+  batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
+  train_iter = data.TrainBatches(  # this process's rows of each step's batch, one step ahead
+      data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B), c.seed,
+      *sharding.process_block(batch_sh, (accumulation, B, L), 1), c.data.num_workers,
+      put=functools.partial(sharding.to_device, sharding=batch_sh))
 
   # ---- model, optimiser, state -------------------------------------------------------
   model, tx, init_fn = state_lib.create(mcfg, c)
@@ -246,7 +265,7 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   else:
     log(f'resuming from checkpoint {start} in {workdir}')
   if sharding.is_main_process():  # after the checks a resume makes: a refused one changes nothing
-    config_lib.save_json(c, os.path.join(workdir, 'config.json'))
+    config_lib.save_json(c, storage.join(workdir, 'config.json'))
   n_params = count_params(state['params'])
   fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
   if not mcfg.causal and c.diffusion.self_condition:
@@ -254,12 +273,11 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   kind = 'autoregressive' if mcfg.causal else 'diffusion'
   log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}, '
-      f'{mcfg.dtype} matmuls, {mcfg.attention} attention')
+      f'{mcfg.dtype} matmuls, {mcfg.attention} attention, remat {mcfg.remat}')
   log(memory_report(state, n_dev, c.train.fsdp))
   log(f'batch: {B} sequences x {accumulation} accumulation x {L} tokens = '
       f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
 
-  batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
   label = None if mcfg.causal else labels.build(c.data.label, tok)
   if label is not None:
     log(f'label: {label.spec}, values {", ".join(label.values)} (dropped from '
@@ -275,7 +293,7 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   metrics_log = MetricsLog(workdir, start, c.train.num_iterations)
 
   def get_batch():
-    return sharding.to_device(next(train_iter), batch_sh)  # this process's rows
+    return next(train_iter)
 
   def evaluate_now(state, bound: bool, discrete: bool = True) -> dict:
     return evaluate.evaluate(state_lib.sampling_params(state), model, eval_config, val_windows,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Multi-node GPU training under SLURM: one process per node, each driving all of its GPUs.
 # JAX reads the SLURM environment (node list, task id) to find process 0 and its peers.
+# Prepare the data first, in one process: python main.py --mode=prepare (same arguments).
 #
 #   sbatch --nodes=2 launch/slurm.sh --config configs/d12.py --config.data.path=DATA
 #   DRY_RUN=1 launch/slurm.sh --config configs/d12.py     # print what each node would run

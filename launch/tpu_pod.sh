@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Cloud TPU pod slice: the same command on every worker; JAX finds its peers from the TPU
-# metadata. The workdir must be a directory every worker sees under the same path (a shared
-# filesystem, or a bucket mounted with gcsfuse): Orbax writes one checkpoint from all hosts.
-# gs:// URLs are refused by main.py: they are not read or written directly yet.
+# metadata. The workdir must be one every worker reaches under the same name (a gs:// URL,
+# with gcsfs installed; a shared filesystem; a bucket mounted with gcsfuse): Orbax writes one
+# checkpoint from all hosts. Prepare the data first, in one process (the run says how if not):
+#   python main.py --mode=prepare --workdir=$WORKDIR --config configs/d12.py ...
 #
-#   TPU=my-v5p-64 ZONE=us-east5-a WORKDIR=/mnt/bucket/runs/d12 \
+#   TPU=my-v5p-64 ZONE=us-east5-a WORKDIR=gs://my-bucket/runs/d12 \
 #     launch/tpu_pod.sh --config configs/d12.py --config.data.path=DATA
 #   DRY_RUN=1 TPU=... ZONE=... WORKDIR=... launch/tpu_pod.sh ...   # print, do not run
 set -euo pipefail

@@ -89,8 +89,9 @@ ROWS = [
     # workdirs
     Row('workdir_is_a_file', 'file', TRAIN, 'is a file, not a directory'),
     Row('workdir_below_a_file', 'below_file', TRAIN, 'cannot create the workdir'),
-    Row('remote_workdir', 'new', ('--config={inputs}/tiny.py', '--workdir=gs://bucket/run'),
-        '--workdir=gs://bucket/run: remote URLs are not read'),  # and no local folder 'gs:'
+    Row('unreachable_remote_workdir', 'new', ('--config={inputs}/tiny.py',
+                                              '--workdir=gs://bucket/run'),
+        '--workdir=gs://bucket/run needs a package'),  # without gcsfs; and no local 'gs:'
     Row('sample_empty_workdir', 'empty', SAMPLE, 'no config.json'),
     Row('sample_missing_workdir', 'new', SAMPLE, 'does not exist'),
     Row('eval_workdir_is_a_file', 'file', EVAL, 'is a file, not a directory'),

@@ -152,7 +152,7 @@ def test_command_line_prints_one_line_and_exits_nonzero(tmp_path, stories_txt):
 
 def test_corpus_smaller_than_one_batch_is_rejected(tmp_path):
   np.save(tmp_path / 's.npy', np.arange(100, dtype=np.uint16))
-  with pytest.raises(DlmError, match='6 windows of 16 tokens per process, fewer than one batch'):
+  with pytest.raises(DlmError, match='6 windows of 16 tokens, fewer than one step.s 8'):
     data.train_dataset([str(tmp_path / 's.npy')], 16, (2, 4), seed=0)
 
 

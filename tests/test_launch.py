@@ -1,5 +1,5 @@
-"""The launchers' dry runs print what each host would run. (main.py refusing a remote workdir
-URL is a row of test_bad_inputs.py.)"""
+"""The launchers' dry runs print what each host would run, and a remote workdir that cannot be
+reached stops in one line instead of becoming a local directory named 'gs:'."""
 
 import os
 import subprocess
@@ -32,3 +32,54 @@ def test_slurm_and_tpu_dry_runs_print_the_per_host_command():
   assert p.returncode == 0 and p.stdout.startswith('every worker of v5p-64: gcloud'), p.stderr
   assert '--worker=all' in p.stdout and '--workdir=/mnt/bucket/d12' in p.stdout
 
+
+def test_an_unreachable_gs_workdir_is_one_line_not_a_local_directory(tmp_path):
+  """Without gcsfs (as here) a gs:// workdir stops in one line naming the package; it never
+  becomes a local directory named 'gs:'. (tests/test_storage.py trains on a stand-in bucket.)"""
+  import pytest
+  pytest.importorskip('fsspec')
+  try:
+    import gcsfs  # noqa: F401
+    pytest.skip('gcsfs is installed: gs:// would be reached for real')
+  except ImportError:
+    pass
+  p = subprocess.run([sys.executable, str(ROOT / 'main.py'), '--workdir=gs://bucket/run',
+                      '--config', str(ROOT / 'configs/quickstart.py')], cwd=tmp_path,
+                     env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == 1 and 'Traceback' not in p.stderr
+  assert p.stderr.startswith('error: --workdir=gs://bucket/run needs a package'), p.stderr
+  assert 'gcsfs' in p.stderr and p.stderr.count('\n') == 1
+  assert not (tmp_path / 'gs:').exists()
+
+
+def test_a_multi_process_run_without_prepared_data_stops_at_once_naming_the_command(tmp_path):
+  """Both processes stop with the same line instead of waiting in a collective while process 0
+  tokenizes; the command it names prepares the data in one process."""
+  import shlex
+  import socket
+  import time
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / 'run'
+  tiny = ['--config.data.num_generated_stories=300', '--config.data.tokenizer_vocab_size=320']
+  began = time.perf_counter()
+  p = subprocess.run(['bash', str(ROOT / 'launch' / 'local.sh'), '2', '--config',
+                      'configs/quickstart.py', f'--workdir={workdir}', *tiny], cwd=ROOT,
+                     env=dict(os.environ, PORT=str(port), HF_HUB_OFFLINE='1'),
+                     capture_output=True, text=True, timeout=120)
+  assert p.returncode == 1 and time.perf_counter() - began < 60
+  assert 'Traceback' not in p.stderr, p.stderr
+  # the two processes' lines share one pipe, and may interleave
+  assert p.stderr.count('error: no prepared data in') == 2, p.stderr
+  assert 'a 2-process run does not tokenize' in p.stderr
+  command = ['python', 'main.py', '--mode=prepare', f'--workdir={workdir}', '--config',
+             'configs/quickstart.py', *tiny]
+  assert p.stderr.count(f'prepare it first in one process: {shlex.join(command)}') == 2
+  assert not any(workdir.iterdir())  # nothing written before the check
+  p = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True,
+                     env=dict(os.environ, JAX_PLATFORMS='cpu', HF_HUB_OFFLINE='1'), timeout=300)
+  assert p.returncode == 0, p.stderr
+  assert (workdir / 'data' / 'manifest.json').exists() and (workdir / 'config.json').exists()
+  assert not (workdir / 'checkpoints').exists()

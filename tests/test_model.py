@@ -141,3 +141,32 @@ def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
   c.model.attention = 'flash'
   with pytest.raises(DlmError, match="model.attention='flash'"):
     config_lib.validate(c)
+
+
+def test_every_remat_policy_gives_the_same_parameters_loss_and_gradients():
+  """model.remat changes what the backward pass recomputes, never the values (so a run may
+  resume with another policy: config.SAME_MATH), and it is really applied."""
+  from dlm.model import REMAT
+  z = jax.random.normal(jax.random.key(2), (2, 8, 8))
+  lam = jnp.array([-1.0, 2.0])
+  targets = jax.random.randint(jax.random.key(3), (2, 8), 0, 64)
+  results = {}
+  for remat in REMAT:
+    model = Transformer(_cfg(remat=remat))
+    params = _random_params(model, z, lam)
+
+    def loss(p):
+      logp = jax.nn.log_softmax(model.apply(p, z, lam))
+      return -jnp.take_along_axis(logp, targets[..., None], -1).mean()
+    traced = jax.jit(jax.value_and_grad(loss)).trace(params)
+    rematerialised = 'remat' in str(traced.jaxpr)  # jax.checkpoint's primitive
+    results[remat] = (params, *traced.lower().compile()(params), rematerialised)
+  (p0, l0, g0, r0) = results['none']
+  assert not r0
+  for remat in REMAT[1:]:
+    p, l, g, r = results[remat]
+    assert r, remat
+    assert jax.tree.structure(p) == jax.tree.structure(p0)  # checkpoints stay interchangeable
+    np.testing.assert_allclose(l, l0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

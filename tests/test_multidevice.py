@@ -1,9 +1,12 @@
 """8 fake CPU devices in a subprocess: data-parallel training follows the 1-device run,
 evaluation and sampling split their batches over the devices, and checkpoints move between 8
-devices, 1 device and FSDP on the same loss curve."""
+devices, 4, 1, FSDP and two processes joined through gloo on the same loss curve."""
 
 import json
 import os
+import pathlib
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -13,75 +16,128 @@ import pytest
 from conftest import ROOT
 
 _RUN = '''
-import json, sys
+import json, sys, time
 sys.path.insert(0, 'tests')
 import jax, numpy as np
 from ml_collections import FrozenConfigDict
 from conftest import tiny_config
-from dlm import checkpoint, sampling, sharding, train
+from dlm import checkpoint, data, sampling, sharding, train
 from dlm.experiments import common
+workdir, out, stop, fsdp, data_path = sys.argv[1:6]
+stop, fsdp = int(stop), int(fsdp)
+process, processes, port, full = (int(a) for a in sys.argv[6:10])
+if processes > 1:
+  sharding.initialize_distributed(f'localhost:{port}', processes, process)
 n = jax.device_count()
 c = tiny_config(**{'train.device_batch_size': 8 // n, 'train.num_iterations': 5,
                    'train.checkpoint_every': 5})
-workdir, out, stop, fsdp = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 c.train.checkpoint_every = stop or 5
 c.train.fsdp = fsdp
+not_prepared = None
+if processes > 1:  # without prepared data every process stops at once
+  began = time.perf_counter()
+  try:
+    train.train(c, workdir + '-empty', log=lambda *a, **k: None)
+  except data.NotPrepared as e:
+    not_prepared = {'message': str(e), 'seconds': time.perf_counter() - began}
+  c.data.path = data_path if process == 0 else ''  # as if process 1 saw other storage
+  try:
+    train.train(c, workdir + '-unshared', log=lambda *a, **k: None)
+  except Exception as e:
+    not_prepared['unshared'] = f'{type(e).__name__}: {e}'
+c.data.path = data_path
 train.train(c, workdir, log=lambda *a, **k: None, stop_after=stop or None)
-losses = [r['loss'] for r in common.loss_curve(workdir) if 'loss' in r]
-run = checkpoint.load_run(workdir)
-rows = sharding.global_rows(np.zeros((8, 16), np.int32))
-kw, _ = sampling._prepare(run, 8, num_steps=3)
-samples = sampling.sample_tokens(run.params, jax.random.key(0), model=run.model, **kw)
-from dlm import state as state_lib
-from dlm import config as config_lib
-def held(f):  # bytes of parameters + optimiser state on device 0 with fsdp = f
-  sharding.use_fsdp(f)
-  mesh = sharding.make_mesh()
-  _, _, init_fn = state_lib.create(run.model_config, c)
-  target = checkpoint.abstract_state(init_fn, mesh)
-  st = jax.jit(init_fn, out_shardings=jax.tree.map(lambda x: x.sharding, target))(jax.random.key(0))
-  return sum(train.bytes_per_device(st).values())
-memory = {'replicated': held(1), 'fsdp': held(n)}
-sharding.use_fsdp(fsdp)
-json.dump({'devices': n, 'losses': losses, 'memory': memory,
-           'eval_rows_on': len(rows.sharding.device_set),
-           'eval_rows_replicated': rows.sharding.is_fully_replicated,
-           'samples_replicated': samples.sharding.is_fully_replicated,
-           'samples_shard_rows': samples.addressable_shards[0].data.shape[0],
-           'bits': train.evaluate.evaluate(run.params, run.model, FrozenConfigDict(run.config),
-                                           np.zeros((8, 16), np.int32) + 5,
-                                           run.tokenizer.token_bytes(), 8,
-                                           proposal=run.proposal, discrete=False)['bits_per_token']},
-          open(out, 'w'))
+losses = [r['loss'] for r in common.loss_curve(workdir) if 'loss' in r] if process == 0 else []
+report = {'devices': n, 'processes': jax.process_count(), 'not_prepared': not_prepared,
+          'losses': losses}
+if full:  # evaluation, sampling and memory on this topology (compilations: only where tested)
+  run = checkpoint.load_run(workdir)
+  rows = sharding.global_rows(np.zeros((8, 16), np.int32))
+  kw, _ = sampling._prepare(run, 8, num_steps=3)
+  samples = sampling.sample_tokens(run.params, jax.random.key(0), model=run.model, **kw)
+  from dlm import state as state_lib
+  def held(f):  # bytes of parameters + optimiser state on device 0 with fsdp = f
+    sharding.use_fsdp(f)
+    mesh = sharding.make_mesh()
+    _, _, init_fn = state_lib.create(run.model_config, c)
+    target = checkpoint.abstract_state(init_fn, mesh)
+    st = jax.jit(init_fn, out_shardings=jax.tree.map(lambda x: x.sharding, target))(
+        jax.random.key(0))
+    return sum(train.bytes_per_device(st).values())
+  memory = {'replicated': held(1), 'fsdp': held(n)} if fsdp > 1 else None
+  sharding.use_fsdp(fsdp)
+  report.update(
+      memory=memory, eval_rows_on=len(rows.sharding.device_set),
+      eval_rows_replicated=rows.sharding.is_fully_replicated,
+      samples_replicated=samples.sharding.is_fully_replicated,
+      samples_shard_rows=samples.addressable_shards[0].data.shape[0],
+      bits=train.evaluate.evaluate(run.params, run.model, FrozenConfigDict(run.config),
+                                   np.zeros((8, 16), np.int32) + 5, run.tokenizer.token_bytes(),
+                                   8, proposal=run.proposal, discrete=False)['bits_per_token'])
+json.dump(report, open(f'{out}.{process}', 'w'))
 '''
 
 
-def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1) -> dict:
-  """Train (or resume) workdir on `devices` devices; stop > 0 stops after that step."""
+def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1,
+         processes: int = 1, data_path: str = '', full: bool = True) -> dict:
+  """Train (or resume) workdir on `devices` devices in each of `processes` processes (joined
+  through gloo on localhost); stop > 0 stops after that step. Process 0's report (full: with
+  evaluation, sampling and memory)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   out = tmp_path / f'{workdir}.json'
-  proc = subprocess.run([sys.executable, '-c', _RUN, str(tmp_path / workdir), str(out),
-                         str(stop), str(fsdp)], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(out.read_text())
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, '-c', _RUN, str(tmp_path / workdir), str(out),
+                             str(stop), str(fsdp), data_path, str(i), str(processes), str(port),
+                             str(int(full))],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True) for i in range(processes)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  return json.loads(pathlib.Path(f'{out}.0').read_text())
 
 
 @pytest.fixture(scope='module')
 def one(tmp_path_factory):
   """The reference: the same tiny run, uninterrupted, on one device."""
-  return _run(tmp_path_factory.mktemp('one'), 1, 'one')
+  path = tmp_path_factory.mktemp('one')
+  return dict(_run(path, 1, 'one'), data=str(path / 'one' / 'data'))
 
 
-def test_eight_devices_train_like_one_split_eval_and_sampling_and_resume_on_one(tmp_path, one):
-  """Data parallel on 8 devices for 3 steps (its checkpoint there), then resumed on 1."""
+def test_eight_devices_train_like_one_split_eval_and_sampling_and_resume_on_one_and_four(
+    tmp_path, one):
+  """Data parallel on 8 devices for 3 steps (its checkpoint there), then resumed on 1 and,
+  from a copy of the same checkpoint, on 4."""
   eight = _run(tmp_path, 8, 'moved', stop=3)
   assert (one['devices'], eight['devices']) == (1, 8)
   np.testing.assert_allclose(eight['losses'], one['losses'][:3], rtol=1e-4)
   assert eight['eval_rows_on'] == 8 and not eight['eval_rows_replicated']
   assert not eight['samples_replicated'] and eight['samples_shard_rows'] == 1
-  resumed = _run(tmp_path, 1, 'moved')
+  shutil.copytree(tmp_path / 'moved', tmp_path / 'moved4')
+  for devices, workdir in ((1, 'moved'), (4, 'moved4')):
+    resumed = _run(tmp_path, devices, workdir)
+    assert resumed['devices'] == devices
+    np.testing.assert_allclose(resumed['losses'], one['losses'], rtol=1e-4)
+    np.testing.assert_allclose(resumed['bits'], one['bits'], rtol=1e-4)
+
+
+def test_two_processes_of_two_devices_train_like_one_and_one_process_resumes_them(tmp_path, one):
+  """Two processes joined through gloo, each with 2 devices and its rows of every batch,
+  follow the 1-device curve; one process on one device resumes their checkpoint. Without
+  prepared data the two stop at once (a 2-process run never tokenizes), and together when only
+  one of them sees it."""
+  two = _run(tmp_path, 2, 'two', stop=3, processes=2, data_path=one['data'], full=False)
+  assert (two['processes'], two['devices']) == (2, 4)
+  assert 'a 2-process run does not tokenize' in two['not_prepared']['message']
+  assert two['not_prepared']['seconds'] < 30
+  assert two['not_prepared']['unshared'].startswith('DlmError: processes 1 do not see the '
+                                                    'prepared data')
+  np.testing.assert_allclose(two['losses'], one['losses'][:3], rtol=1e-4)
+  resumed = _run(tmp_path, 1, 'two', data_path=one['data'])
+  assert resumed['processes'] == 1
   np.testing.assert_allclose(resumed['losses'], one['losses'], rtol=1e-4)
   np.testing.assert_allclose(resumed['bits'], one['bits'], rtol=1e-4)
 
@@ -89,7 +145,7 @@ def test_eight_devices_train_like_one_split_eval_and_sampling_and_resume_on_one(
 def test_fsdp_resumes_a_one_device_checkpoint_on_the_same_curve_with_an_eighth_of_the_state(
     tmp_path, one):
   """1 device for 3 steps, then 8 devices with the state split 8 ways (FSDP)."""
-  _run(tmp_path, 1, 'fsdp', stop=3)
+  _run(tmp_path, 1, 'fsdp', stop=3, full=False)
   r = _run(tmp_path, 8, 'fsdp', fsdp=8)
   np.testing.assert_allclose(r['losses'], one['losses'], rtol=1e-4)
   np.testing.assert_allclose(r['bits'], one['bits'], rtol=1e-4)

@@ -114,18 +114,27 @@ def test_the_persistent_compilation_cache_is_on_unless_one_is_set(tmp_path, monk
     jax.config.update('jax_compilation_cache_dir', before)
 
 
-def test_resuming_with_other_windows_per_step_is_refused_before_anything_changes(tmp_path):
-  import pytest
-  from dlm.errors import DlmError
+def test_resuming_with_other_windows_per_step_continues_the_stream_at_the_windows_consumed(
+    tmp_path):
+  """The data position is a count of windows, so a resumed run may change its batch size; an
+  older checkpoint (grain's per-process batch count) is refused on another layout instead."""
+  import shutil
   c = tiny_config()
-  train.train(c, str(tmp_path), log=lambda *a, **k: None, stop_after=3)
-  before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
-  saved = (tmp_path / 'config.json').read_text()
-  c.train.device_batch_size = 2  # may change on resume, but here it changes the windows per step
+  train.train(c, str(tmp_path / 'run'), log=lambda *a, **k: None, stop_after=3)
+  old = tmp_path / 'old'
+  shutil.copytree(tmp_path / 'run', old)
+  shutil.rmtree(old / 'checkpoints' / '3' / 'position')  # as an older version wrote it
+  (old / 'checkpoints' / '3' / 'data').mkdir()
+  (old / 'checkpoints' / '3' / 'data' / 'process_0-of-1.json').write_text('{"next_index": 3}')
+  c.train.device_batch_size = 2
+  saved = (old / 'config.json').read_text()
   with pytest.raises(DlmError, match='windows_per_step 4 there, 2 here'):
-    train.train(c, str(tmp_path), log=lambda *a, **k: None)
-  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
-  assert (tmp_path / 'config.json').read_text() == saved  # written only after the checks
+    train.train(c, str(old), log=lambda *a, **k: None)
+  assert (old / 'config.json').read_text() == saved  # written only after the checks
+  assert checkpoint.Checkpoints(str(old), read_only=True)._position(3, 0) == 12
+  train.train(c, str(tmp_path / 'run'), log=lambda *a, **k: None)
+  ckpts = checkpoint.Checkpoints(str(tmp_path / 'run'), read_only=True)
+  assert ckpts.steps() == [3, 6] and ckpts._position(6, 0) == 3 * 4 + 3 * 2
 
 
 def _records(workdir):

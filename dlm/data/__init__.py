@@ -9,10 +9,10 @@
   benchmark.py  tokenizer and loader throughput
 """
 
-from dlm.data.pipeline import eval_windows, train_dataset
+from dlm.data.pipeline import TrainBatches, eval_windows, train_dataset
 from dlm.data.shards import shard_paths
 from dlm.data.sources import load_documents, split_documents
-from dlm.data.workdir import for_training, prepared_dir, val_tokens
+from dlm.data.workdir import NotPrepared, for_training, prepared_dir, val_tokens
 
-__all__ = ['eval_windows', 'for_training', 'load_documents', 'prepared_dir', 'shard_paths',
-           'split_documents', 'train_dataset', 'val_tokens']
+__all__ = ['NotPrepared', 'TrainBatches', 'eval_windows', 'for_training', 'load_documents',
+           'prepared_dir', 'shard_paths', 'split_documents', 'train_dataset', 'val_tokens']

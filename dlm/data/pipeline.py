@@ -5,14 +5,17 @@ Training examples are packed windows: each shard (documents already joined, each
 `sequence_len` tokens, so no token is padding and every token is seen once per epoch. The
 pipeline is
 
-  windows -> [process i of n: every n-th window] -> shuffle(seed) -> repeat -> batch -> int32
+  windows -> shuffle(seed) -> repeat -> [from window `start`] -> micro-batches of B windows
+          -> [this process's block of rows of each] -> A micro-batches per step -> int32
 
-all as a grain MapDataset, i.e. random access by index: batch k of process i is a pure function
-of (seed, i, n, k), the iterator's state is one integer, and a run resumed from an Orbax
-checkpoint (which stores that state for every process) sees exactly the batches the
-uninterrupted run would have. Batches are made before `mp_prefetch`, so the worker count
-changes speed, never the batches. Shuffling is reseeded every epoch (grain folds the epoch into
-the seed).
+all as a grain MapDataset, i.e. random access by index. The stream of windows and its cut into
+steps are the same for every process and device count: a step's global batch is the next A x B
+windows, and process p holds its block of rows of it (the rows its devices hold, see
+`sharding.process_block`). So the data position is one number, the windows consumed so far
+(`TrainBatches.position`), which checkpoints save; a run resumed from it, on any number of
+processes or devices, or with another batch size, continues the same stream without repeating
+or skipping a window. Batches are made before `mp_prefetch`, so the worker count changes speed,
+never the batches. Shuffling is reseeded every epoch (grain folds the epoch into the seed).
 
 Memory stays flat however large the corpus: `TokenWindows` holds shard paths and opens them as
 memory maps on first use in each worker (an np.memmap attribute would pickle its whole contents
@@ -59,26 +62,28 @@ class TokenWindows:
     return f'TokenWindows({len(self.paths)} shards, {len(self)} windows of {self.sequence_len})'
 
 
-def _to_batch(windows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  return windows.reshape(shape).astype(np.int32)
+def _to_batch(rows: np.ndarray) -> np.ndarray:
+  return rows.astype(np.int32)
 
 
 def train_dataset(paths: list[str], sequence_len: int, batch_shape: tuple[int, int], seed: int,
-                  shard_index: int = 0, shard_count: int = 1,
-                  num_workers: int = 0) -> grain.IterDataset:
-  """Batches of shape batch_shape + (sequence_len,) for process `shard_index` of `shard_count`.
+                  block: int = 0, blocks: int = 1, num_workers: int = 0,
+                  start: int = 0) -> grain.IterDataset:
+  """This process's part, of shape (A, B / blocks, sequence_len), of each step's batch.
 
-  batch_shape is (accumulation steps, this process's sequences per micro-step).
+  batch_shape is (accumulation steps A, sequences per micro-step B over all processes); this
+  process holds rows block * B / blocks ... of every micro-batch. `start`: windows of the
+  stream already consumed (a resumed run).
   """
+  A, B = batch_shape
   windows = grain.MapDataset.source(TokenWindows(paths, sequence_len))
-  windows = windows[shard_index::shard_count]  # disjoint; together they cover every window
-  per_batch = int(np.prod(batch_shape))
-  if len(windows) < per_batch:
-    raise DlmError(f'the train split gives {len(windows)} windows of {sequence_len} tokens per '
-                   f'process, fewer than one batch of {per_batch}: give more text, or lower '
-                   'train.device_batch_size or model.sequence_len')
-  batches = (windows.shuffle(seed).repeat().batch(per_batch, drop_remainder=True)
-             .map(functools.partial(_to_batch, shape=(*batch_shape, sequence_len))))
+  if len(windows) < A * B:
+    raise DlmError(f'the train split gives {len(windows)} windows of {sequence_len} tokens, '
+                   f'fewer than one step\'s {A * B}: give more text, or lower '
+                   'train.device_batch_size, train.total_batch_size or model.sequence_len')
+  stream = windows.shuffle(seed).repeat()[start:]
+  rows = stream.batch(B // blocks, drop_remainder=True)[block::blocks]
+  batches = rows.batch(A, drop_remainder=True).map(_to_batch)
   ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                  prefetch_buffer_size=PREFETCH_BATCHES))
   if num_workers:
@@ -87,6 +92,39 @@ def train_dataset(paths: list[str], sequence_len: int, batch_shape: tuple[int, i
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
+
+
+class TrainBatches:
+  """The batches of a run, each put on the devices one step ahead (`put`, e.g.
+  `sharding.to_device`: the copy of step N+1's batch overlaps step N), and the data position.
+
+  `position` counts the windows of the stream the steps so far consumed, all processes
+  together; the prefetched batch is not counted, so a checkpoint saved after step N resumes at
+  step N+1's batch. `restore(position)` moves a fresh iterator there (`train_dataset(start)`).
+  """
+
+  def __init__(self, paths: list[str], sequence_len: int, batch_shape: tuple[int, int],
+               seed: int, block: int = 0, blocks: int = 1, num_workers: int = 0,
+               put=lambda batch: batch):
+    self._dataset = functools.partial(train_dataset, paths, sequence_len, batch_shape, seed,
+                                      block, blocks, num_workers)
+    self._dataset()  # a corpus too small for one step fails here, before any compilation
+    self.windows_per_step = int(np.prod(batch_shape))
+    self.position, self._put, self._iterator, self._ahead = 0, put, None, None
+
+  def restore(self, position: int) -> None:
+    self.position, self._iterator, self._ahead = int(position), None, None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._iterator is None:
+      self._iterator = iter(self._dataset(start=self.position))
+      self._ahead = self._put(next(self._iterator))
+    batch, self._ahead = self._ahead, self._put(next(self._iterator))
+    self.position += self.windows_per_step
+    return batch
 
 
 def eval_windows(stream: np.ndarray, L: int, max_tokens: int) -> np.ndarray:

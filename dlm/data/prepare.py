@@ -12,7 +12,8 @@ characters; each chunk is encoded in parallel (tiktoken releases the GIL, so thr
 without pickling anything into worker processes) and written as one train and one validation
 shard. The split is by document: one in every round(1 / val_fraction) documents is held out, so
 the validation set is spread over the whole corpus. A re-run with the same settings skips the
-chunks whose shards exist; a run with other settings in the same directory is refused.
+chunks whose shards exist; a run with other settings in the same directory is refused. The
+output may be a local directory or a gs:// (any `etils.epath`) URL; the inputs are local.
 """
 
 import argparse
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from dlm import corpus
+from dlm import corpus, storage
 from dlm.data import shards, sources, synthetic
 from dlm.errors import DlmError
 from dlm.tokenizer import Tokenizer, gpt2_tokenizer, train_tokenizer
@@ -111,8 +112,8 @@ def encode_chunk(tok: Tokenizer, docs: list[str], dtype: np.dtype, threads: int)
 
 def _tokenizer(output: str, choice: str, vocab_size: int, docs: Iterator[str],
                max_chars: int) -> Tokenizer:
-  directory = os.path.join(output, shards.TOKENIZER_DIR)
-  if os.path.exists(os.path.join(directory, 'tokenizer.json')):  # a re-run: keep the shards' one
+  directory = storage.join(output, shards.TOKENIZER_DIR)
+  if storage.exists(storage.join(directory, 'tokenizer.json')):  # a re-run: keep the shards' one
     return Tokenizer.load(directory)
   if choice == 'gpt2':
     tok = gpt2_tokenizer()
@@ -125,20 +126,16 @@ def _tokenizer(output: str, choice: str, vocab_size: int, docs: Iterator[str],
 
 
 def _check_settings(output: str, settings: dict) -> None:
-  path = os.path.join(output, SETTINGS)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  path = storage.join(output, SETTINGS)
+  if storage.exists(path):
+    saved = json.loads(storage.read_text(path))
     if saved != settings:
       diff = sorted(k for k in settings if saved.get(k) != settings[k])
       raise DlmError(f'{output} holds data prepared with other settings ({", ".join(diff)}): '
                      'use a new --output or the same settings')
     return
-  os.makedirs(output, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(settings, f, indent=2)
-  os.replace(tmp, path)
+  storage.makedirs(output)
+  storage.write_text(path, json.dumps(settings, indent=2))
 
 
 def prepare(input: str, output: str, *, val_input: str = '', val_fraction: float = 0.05,
@@ -155,7 +152,7 @@ def prepare(input: str, output: str, *, val_input: str = '', val_fraction: float
     raise DlmError(f'val_fraction={val_fraction} must be in [0, 1)')
   if on_error not in ('skip', 'stop'):
     raise DlmError(f'on_error={on_error!r}: expected skip or stop')
-  if os.path.exists(os.path.join(output, shards.MANIFEST)):
+  if storage.exists(storage.join(output, shards.MANIFEST)):
     _check_settings(output, settings)
     return shards.read_manifest(output)
   kw = dict(text_field=text_field, on_error=on_error, max_documents=max_documents,
@@ -198,10 +195,10 @@ def _write_shards(output: str, tok: Tokenizer, parts: Iterator[dict[str, list[st
     for index, chunk in enumerate(parts):
       names = {s: shards.shard_name(s, index) for s in shards.SPLITS}
       # each shard appears whole or not at all, so a chunk with both shards is finished
-      if not all(os.path.exists(os.path.join(output, n)) for n in names.values()):
+      if not all(storage.exists(storage.join(output, n)) for n in names.values()):
         for split in shards.SPLITS:
           tokens = encode_chunk(tok, chunk[split], dtype, threads)
-          shards.write_shard(os.path.join(output, names[split]), tokens)
+          shards.write_shard(storage.join(output, names[split]), tokens)
       records += [shards.shard_record(output, names[s], s, tok.bos_id) for s in shards.SPLITS]
       bar.update(sum(len(d) for docs in chunk.values() for d in docs))
   return [r for r in records if r['tokens']]

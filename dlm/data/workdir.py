@@ -7,17 +7,20 @@
   a prepared dir      the output of `python -m dlm.data.prepare` (used in place: a link in
                       workdir/data/prepared.json);
   a file, dir, glob   .txt / .jsonl / .parquet text, prepared on the fly into workdir/data.
-Process 0 prepares while the others wait; then every process reads the same manifest. The
-tokenizer is copied to workdir/tokenizer (sampling and eval load it from there) and must match
-the one the shards were written with.
+A multi-process run never tokenizes: training a tokenizer and encoding a corpus can take hours,
+which the other processes would spend waiting inside a collective. When no process finds
+prepared data it stops at once, on every process, naming the one-process command that prepares
+it (`NotPrepared`; `python main.py --mode=prepare`). Then every process reads the same
+manifest. The workdir may be local or remote (gs://, `dlm.storage`). The tokenizer is copied to
+workdir/tokenizer (sampling and eval load it from there) and must match the one the shards were
+written with.
 """
 
 import json
-import os
 
 import numpy as np
 
-from dlm import sharding
+from dlm import sharding, storage
 from dlm.data import shards, sources
 from dlm.errors import DlmError
 from dlm.tokenizer import Tokenizer
@@ -25,14 +28,22 @@ from dlm.tokenizer import Tokenizer
 LINK = 'prepared.json'
 
 
+class NotPrepared(DlmError):
+  """A multi-process run found no prepared data; main.py names the exact command to run."""
+
+  def __init__(self, reason: str):
+    super().__init__(f'{reason}: run the same command in one process with --mode=prepare '
+                     '(python main.py --mode=prepare --config ... --workdir ...)')
+    self.reason = reason
+
+
 def prepared_dir(workdir: str) -> str:
   """The prepared data directory a run in `workdir` trains on."""
-  local = os.path.join(workdir, 'data')
-  if os.path.exists(os.path.join(local, shards.MANIFEST)):
+  local = storage.join(workdir, 'data')
+  if storage.exists(storage.join(local, shards.MANIFEST)):
     return local
   try:
-    with open(os.path.join(local, LINK)) as f:
-      return json.load(f)['path']
+    return json.loads(storage.read_text(storage.join(local, LINK)))['path']
   except FileNotFoundError:
     raise DlmError(f'no prepared data in {workdir}: was training started there?') from None
 
@@ -44,16 +55,17 @@ def val_tokens(workdir: str, max_tokens: int = 0) -> np.ndarray:
 
 
 def for_training(c, workdir: str, log=print) -> tuple[Tokenizer, str, dict]:
-  """(tokenizer, prepared directory, its manifest) for a run, preparing the data if needed."""
-  sharding.barrier('data-check')
+  """(tokenizer, prepared directory, its manifest) for a run, preparing the data if needed
+  (in a one-process run only: `_check_prepared_everywhere`)."""
+  _check_prepared_everywhere(c.data, workdir)
   if sharding.is_main_process():
     _ensure_prepared(c.data, workdir, log)
   sharding.barrier('data-prepared')
   directory = prepared_dir(workdir)
   manifest = shards.read_manifest(directory)
-  tok = _matching_tokenizer(os.path.join(directory, shards.TOKENIZER_DIR), manifest, directory)
-  run_tok = os.path.join(workdir, 'tokenizer')
-  if os.path.exists(os.path.join(run_tok, 'tokenizer.json')):
+  tok = _matching_tokenizer(storage.join(directory, shards.TOKENIZER_DIR), manifest, directory)
+  run_tok = storage.join(workdir, 'tokenizer')
+  if storage.exists(storage.join(run_tok, 'tokenizer.json')):
     _matching_tokenizer(run_tok, manifest, directory)
   elif sharding.is_main_process():
     tok.save(run_tok)
@@ -69,19 +81,45 @@ def _matching_tokenizer(path: str, manifest: dict, directory: str) -> Tokenizer:
   return tok
 
 
+def _ready(dc, workdir: str) -> bool:
+  """Whether the run's tokens are prepared (in the workdir, or data.path is a prepared dir)."""
+  local = storage.join(workdir, 'data')
+  return (storage.exists(storage.join(local, shards.MANIFEST))
+          or storage.exists(storage.join(local, LINK))
+          or bool(dc.path) and storage.exists(storage.join(dc.path, shards.MANIFEST)))
+
+
+def _check_prepared_everywhere(dc, workdir: str) -> None:
+  """In a multi-process run, stop every process at once unless every one sees prepared data.
+
+  The processes compare what they see (one small collective), so they all stop together: a
+  process that stopped alone would leave the others waiting for it in the next collective."""
+  if sharding.process_count() == 1:
+    return
+  seen = sharding.gather_flags(_ready(dc, workdir))
+  if all(seen):
+    return
+  if any(seen):
+    missing = ', '.join(str(i) for i, ok in enumerate(seen) if not ok)
+    raise DlmError(f'processes {missing} do not see the prepared data in {workdir} that process '
+                   f'{seen.index(True)} sees: the workdir must be storage every host shares')
+  raise NotPrepared(f'no prepared data in {workdir}, and a {len(seen)}-process run does not '
+                    'tokenize (the other processes would wait for hours inside a collective); '
+                    'prepare it first in one process')
+
+
 def _ensure_prepared(dc, workdir: str, log) -> None:
   # imported here, not at the top, so that `python -m dlm.data.prepare` does not find its own
   # module already imported by the package (runpy warns about that)
   from dlm.data import prepare
-  local = os.path.join(workdir, 'data')
-  if os.path.exists(os.path.join(local, shards.MANIFEST)) or os.path.exists(
-      os.path.join(local, LINK)):
+  local = storage.join(workdir, 'data')
+  if storage.exists(storage.join(local, shards.MANIFEST)) or storage.exists(
+      storage.join(local, LINK)):
     log(f'data: prepared tokens in {prepared_dir(workdir)}')
     return
-  if dc.path and os.path.exists(os.path.join(dc.path, shards.MANIFEST)):
-    os.makedirs(local, exist_ok=True)
-    with open(os.path.join(local, LINK), 'w') as f:
-      json.dump({'path': os.path.abspath(dc.path)}, f)
+  if dc.path and storage.exists(storage.join(dc.path, shards.MANIFEST)):
+    storage.makedirs(local)
+    storage.write_text(storage.join(local, LINK), json.dumps({'path': storage.absolute(dc.path)}))
     log(f'data: prepared shards in {dc.path}')
     return
   kw = dict(val_input=dc.val_path, val_fraction=dc.val_fraction,
