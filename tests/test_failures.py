@@ -327,6 +327,14 @@ def test_a_full_disk_stops_in_one_line_and_the_run_resumes_once_there_is_room(
                           'device; the earlier checkpoints (4) are untouched: make room and run '
                           'the same command to resume')
   assert checkpoint.Checkpoints(str(workdir), read_only=True).problem(4) is None
+  # The failed save's Orbax threads may still be finishing in this process (a real run has
+  # exited by now); the rerun would race them for checkpoints/8.orbax-checkpoint-tmp.
+  for t in threading.enumerate():
+    if t.name in ('write_metadata_after_commits', 'serialize_shardings'):
+      try:
+        t.join(timeout=30)
+      except OSError:  # Orbax's threads re-raise their failure when joined
+        pass
   result = train.train(c, str(workdir), log=lambda *a, **k: None)
   assert result['val_loss'] == reference[1]['val_loss']
   assert _curve(workdir) == _curve(reference[0])

@@ -123,7 +123,8 @@ def test_resuming_with_other_windows_per_step_continues_the_stream_at_the_window
   train.train(c, str(tmp_path / 'run'), log=lambda *a, **k: None, stop_after=3)
   old = tmp_path / 'old'
   shutil.copytree(tmp_path / 'run', old)
-  shutil.rmtree(old / 'checkpoints' / '3' / 'position')  # as an older version wrote it
+  shutil.rmtree(old / 'checkpoints' / '3' / 'position')  # as an older version wrote it,
+  (old / 'checkpoints' / '3' / checkpoint.MANIFEST).unlink()  # without a manifest either
   (old / 'checkpoints' / '3' / 'data').mkdir()
   (old / 'checkpoints' / '3' / 'data' / 'process_0-of-1.json').write_text('{"next_index": 3}')
   c.train.device_batch_size = 2
