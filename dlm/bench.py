@@ -11,6 +11,9 @@ non-embedding parameters) it compiles and then times, after a warm-up call:
   AR model's exact NLL) on `eval.batch_size` sequences;
 - sampling `sequence_len` tokens at batch 1 and at `--batch`: the diffusion sampler in
   `sample.num_steps` steps, the AR twin's key/value-cache decoding.
+With `--fsdp_orders=N` it times instead the diffusion train step with the state split over N
+devices (FSDP) two ways: whole layers per device first (`sharding.FSDP_ORDER`, so Muon
+orthogonalises local matrices) and the width first (each matrix split, gathered for Muon).
 Each figure is the median of `--steps` timed calls; compile time is lowering plus compilation;
 peak device memory comes from the runtime where it reports one (GPUs, TPUs; not CPUs). Random
 tokens stand in for data: speed does not depend on them. Side-by-side ratios (diffusion ÷ AR)
@@ -122,6 +125,41 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
   return out
 
 
+def fsdp_orders(c, fsdp: int, batch: int, repeats: int, log=print) -> dict:
+  """{order: {seconds, all_gathers}} of the diffusion train step under FSDP over `fsdp`
+  devices, with whole layers split first and with the width split first."""
+  from dlm import checkpoint
+  orders = {'layers first': sharding.FSDP_ORDER,
+            'width first': ('embed', 'hidden', 'vocab', 'input', 'layers')}
+  c.model.causal, c.train.fsdp, c.train.total_batch_size = False, fsdp, 0
+  batch = batch or c.train.device_batch_size * jax.device_count()
+  config_lib.validate(c, jax.device_count())
+  sharding.use_fsdp(fsdp)
+  mesh = sharding.make_mesh()
+  mcfg = config_lib.model_config(c, c.data.tokenizer_vocab_size)
+  model, tx, init_fn = state_lib.create(mcfg, c)
+  out, saved = {}, sharding.FSDP_ORDER
+  try:
+    for name, order in orders.items():
+      sharding.FSDP_ORDER = order
+      target = checkpoint.abstract_state(init_fn, mesh)
+      state_sh = jax.tree.map(lambda x: x.sharding, target)
+      batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
+      step = jax.jit(make_train_step(model, tx, c, 1, None, mesh),
+                     in_shardings=(state_sh, batch_sh, sharding.replicated(mesh)))
+      state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(0))
+      tokens = jax.device_put(np.ones((1, batch, mcfg.sequence_len), np.int32), batch_sh)
+      args = (state, tokens, jax.random.key(1))
+      _, seconds = _timed(step, args, repeats)
+      gathers = step.lower(*args).compile().as_text().count(' all-gather(')
+      out[name] = {'seconds': seconds, 'all_gathers': gathers}
+      log(f'fsdp {fsdp}, {name}: train step {seconds * 1e3:.1f} ms, {gathers} all-gathers')
+  finally:
+    sharding.FSDP_ORDER = saved
+  log(f'width first / layers first: {out["width first"]["seconds"] / out["layers first"]["seconds"]:.2f}x')
+  return out
+
+
 def bench(c, batch: int = 0, repeats: int = 10, log=print) -> dict:
   """Both families of config c, then the diffusion ÷ AR ratios."""
   import copy
@@ -155,6 +193,8 @@ if __name__ == '__main__':
                                 'batch (0: device_batch_size x devices).')
   _STEPS = flags.DEFINE_integer('steps', 10, 'Timed calls per figure (median).')
   _OUTPUT = flags.DEFINE_string('output', '', 'Write the figures here as JSON.')
+  _FSDP_ORDERS = flags.DEFINE_integer('fsdp_orders', 0, 'Time only the FSDP train step over '
+                                      'this many devices, layers split first vs width first.')
 
   def main(argv):
     del argv
@@ -162,8 +202,11 @@ if __name__ == '__main__':
     try:
       if _CONFIG.value is None:
         raise DlmError('--config is required (e.g. configs/d12.py)')
-      result = bench(_CONFIG.value, _BATCH.value, _STEPS.value,
-                     log=functools.partial(print, flush=True))
+      log = functools.partial(print, flush=True)
+      if _FSDP_ORDERS.value:
+        result = fsdp_orders(_CONFIG.value, _FSDP_ORDERS.value, _BATCH.value, _STEPS.value, log)
+      else:
+        result = bench(_CONFIG.value, _BATCH.value, _STEPS.value, log=log)
     except DlmError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
