@@ -8,7 +8,6 @@ curve of an uninterrupted run.
 
 import contextlib
 import functools
-import json
 import os
 import time
 
@@ -22,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from dlm import (checkpoint, data, evaluate, labels, losses, noise, preemption, runlock,
                  sharding, storage)
 from dlm import config as config_lib
+from dlm import metrics_log as metrics_log_lib
 from dlm import state as state_lib
 from dlm.errors import DlmError
 from dlm.model import count_params, flops_per_token
@@ -144,30 +144,6 @@ def _make_workdir(workdir: str) -> None:
     raise DlmError(f'cannot create the workdir {workdir}: {e.strerror}')
 
 
-class MetricsLog:
-  """workdir/metrics.jsonl, one JSON object per logged step, appended across resumes.
-
-  A run first drops the records it is about to write again: those after the checkpoint it
-  resumes from (all of them when it starts afresh), and the final evaluation when it resumes at
-  the last step (killed during it), so no step appears twice; and a torn last line left by a
-  kill mid-write. The new file replaces the old one whole (`storage.write_text`), so a kill
-  during the rewrite leaves one or the other."""
-
-  def __init__(self, workdir: str, resume_step: int, last_step: int | None = None):
-    self.path = storage.join(workdir, 'metrics.jsonl')
-    self.enabled = sharding.is_main_process()
-    if not self.enabled:
-      return
-    kept = [line for line, r in _whole_records(self.path)
-            if _kept(r.get('step', 0), 'loss' in r, resume_step, last_step)]
-    storage.write_text(self.path, ''.join(kept))  # whole or not at all
-
-  def write(self, record: dict) -> None:
-    if not self.enabled:
-      return
-    storage.append_lines(self.path, [json.dumps(record) + '\n'])
-
-
 def prepare(c: ml_collections.ConfigDict, workdir: str,
             log=functools.partial(print, flush=True)) -> dict:
   """The data of a run only (tokenizer, token shards, config.json), in one process: what a
@@ -183,28 +159,6 @@ def prepare(c: ml_collections.ConfigDict, workdir: str,
   log(f'prepared: {t["tokens"]:,} train tokens in {directory}; start the training with the '
       'same command without --mode=prepare')
   return manifest
-
-
-def _kept(step: int, is_loss: bool, resume_step: int, last_step: int | None) -> bool:
-  """Whether a record of `step` stays when the run resumes at `resume_step`."""
-  if resume_step == 0:  # starting afresh, the run writes everything again
-    return False
-  if step == resume_step == last_step:  # resuming after the loop: the final evaluation again
-    return is_loss
-  return step <= resume_step
-
-
-def _whole_records(path: str):
-  """(line, record) for each line of `path` that holds a whole JSON object."""
-  if not storage.exists(path):
-    return
-  for line in storage.read_text(path).splitlines():
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(record, dict):
-      yield line + '\n', record
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(print, flush=True),
@@ -290,7 +244,7 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   train_key = jax.random.key(c.seed + 1)
   peak = peak_flops(jax.devices()[0])
   tokens_per_step = B * accumulation * L
-  metrics_log = MetricsLog(workdir, start, c.train.num_iterations)
+  metrics_log = metrics_log_lib.MetricsLog(workdir, start, c.train.num_iterations)
 
   def get_batch():
     return next(train_iter)

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import tiny_config
 from dlm import checkpoint, conditioning, labels, samplers, sampling, train
 from dlm.errors import DlmError
-from dlm.tokenizer import Tokenizer
 
 quiet = lambda *a, **k: None
 

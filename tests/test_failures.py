@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT, tiny_config
-from dlm import checkpoint, preemption, train
+from dlm import checkpoint, metrics_log, preemption, train
 from dlm.errors import DlmError
 
 T = 12
@@ -348,12 +348,12 @@ def test_the_metrics_log_drops_what_a_resumed_run_writes_again_and_a_torn_line(t
   text = ''.join(json.dumps(r) + '\n' for r in records)
   path = tmp_path / 'metrics.jsonl'
   path.write_text(text + '{"step": 8, "lo')  # killed mid-write
-  train.MetricsLog(str(tmp_path), 5, last_step=10)
+  metrics_log.MetricsLog(str(tmp_path), 5, last_step=10)
   assert [json.loads(l) for l in path.read_text().splitlines()] == [
       r for r in records if r['step'] <= 5]
   assert os.listdir(tmp_path) == ['metrics.jsonl']
   path.write_text(text + json.dumps({'step': 7, 'val_loss': 2.0}) + '\n')
-  train.MetricsLog(str(tmp_path), 7, last_step=7)  # resumed at the end: evaluates again
+  metrics_log.MetricsLog(str(tmp_path), 7, last_step=7)  # resumed at the end: evaluates again
   assert path.read_text() == text
-  train.MetricsLog(str(tmp_path), 0)  # no checkpoint: everything is written again
+  metrics_log.MetricsLog(str(tmp_path), 0)  # no checkpoint: everything is written again
   assert path.read_text() == ''

@@ -2,7 +2,6 @@
 inputs of a batch do not depend on how it is split."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
