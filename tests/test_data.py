@@ -261,3 +261,19 @@ def test_a_failed_download_falls_back_to_the_generated_corpus(tmp_path, monkeypa
   _, _, manifest = data.for_training(tiny_config(), str(tmp_path), messages.append)
   assert 'cannot download tinystories' in messages[1] and 'falling back' in messages[1]
   assert manifest['source'] == 'the generated offline corpus'
+
+
+def test_prepared_data_is_not_reused_under_other_data_settings(stories_txt, tmp_path, quiet):
+  """A first run that stopped after preparing its data leaves data/ but no config.json; the
+  next run with another data.path must not train on the old tokens."""
+  c = tiny_config(**{'data.path': str(stories_txt)})
+  workdir = str(tmp_path / 'run')
+  data.for_training(c, workdir, quiet)
+  saved = json.loads((tmp_path / 'run' / 'data' / 'settings.json').read_text())
+  assert saved['data.path'] == str(stories_txt)
+  data.for_training(c, workdir, quiet)  # the same settings: reused
+  other = tmp_path / 'other.txt'
+  other.write_text(stories_txt.read_text())
+  c.data.path = str(other)
+  with pytest.raises(DlmError, match=r'holds data prepared with other settings \(data.path'):
+    data.for_training(c, workdir, quiet)

@@ -26,6 +26,10 @@ from dlm.errors import DlmError
 from dlm.tokenizer import Tokenizer
 
 LINK = 'prepared.json'
+SETTINGS_FILE = 'settings.json'  # the data settings the tokens were prepared with
+# The data fields that decide which tokens are prepared (not how they are loaded).
+SETTINGS = ('path', 'val_path', 'val_fraction', 'tokenizer', 'tokenizer_vocab_size',
+            'num_generated_stories', 'max_documents', 'on_error')
 
 
 class NotPrepared(DlmError):
@@ -109,6 +113,26 @@ def _check_prepared_everywhere(dc, workdir: str) -> None:
 
 
 def _ensure_prepared(dc, workdir: str, log) -> None:
+  """Prepare (or link) the run's data unless done before, with the same data settings: the
+  workdir's config.json is written after the checkpoint checks, so a first run that failed
+  after preparing leaves data/ without one, and a rerun with another `data.path` would
+  otherwise train on the old tokens without a word."""
+  local = storage.join(workdir, 'data')
+  settings = {f'data.{k}': dc[k] for k in SETTINGS}
+  recorded = storage.join(local, SETTINGS_FILE)
+  if storage.exists(recorded):
+    saved = json.loads(storage.read_text(recorded))
+    diff = [f'{k} {saved.get(k)!r} there, {v!r} here' for k, v in settings.items()
+            if saved.get(k) != v]
+    if diff:
+      raise DlmError(f'{local} holds data prepared with other settings ({"; ".join(diff)}): use '
+                     'a new --workdir or the original data settings')
+  _prepare_once(dc, workdir, log)
+  if not storage.exists(recorded):
+    storage.write_text(recorded, json.dumps(settings, indent=2, sort_keys=True))
+
+
+def _prepare_once(dc, workdir: str, log) -> None:
   # imported here, not at the top, so that `python -m dlm.data.prepare` does not find its own
   # module already imported by the package (runpy warns about that)
   from dlm.data import prepare
