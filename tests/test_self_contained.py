@@ -52,7 +52,7 @@ def test_no_reference_to_a_file_outside_the_repository():
 
 def test_the_scan_finds_what_it_is_for():
   tracked = ['README.md', 'dlm/config.py', 'configs/d12.py']
-  text = ('see DESIGN.md and ../shared/data/x.txt; dlm/config.py, configs/d12.py, d12.py and '
+  text = ('see PLAN.md and ../shared/data/x.txt; dlm/config.py, configs/d12.py, d12.py and '
           'dlm/gone.py; ../notes/STYLE.md; writes runs/x/report.md')
   assert missing_references(tracked, [('a.py', text)]) == [
-      'a.py: ../notes/STYLE.md', 'a.py: ../shared', 'a.py: DESIGN.md', 'a.py: dlm/gone.py']
+      'a.py: ../notes/STYLE.md', 'a.py: ../shared', 'a.py: PLAN.md', 'a.py: dlm/gone.py']
