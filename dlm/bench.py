@@ -76,7 +76,8 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
          'non_embedding_params': count_params(state['params'], exclude_embeddings=True),
          'batch': B, 'sequence_len': L, 'dtype': mcfg.dtype, 'attention': mcfg.attention}
 
-  step = jax.jit(make_train_step(model, tx, c, 1), in_shardings=(rep, rep, rep),
+  step = jax.jit(make_train_step(model, tx, c, 1, None, mesh),
+                 in_shardings=(rep, sharding.batch_sharding(mesh, batch_axis=1), rep),
                  out_shardings=(rep, rep))
   batch_1BL = tokens(B)[None]
   compile_s, step_s = _timed(step, (state, batch_1BL, jax.random.key(1)), repeats)

@@ -163,15 +163,16 @@ def diffusion_loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=N
     h_BLD = model.apply(params, z_BLE, lam_B, x0_prev, known_BL, label_B,
                         method=Transformer.features)
     ce_BL = token_ce(params, model, h_BLD, z_BLE, tokens_BL, lam_B, c.train.logits_chunk)
-    loss = jnp.sum(ce_BL * free_BL) / norm
   else:  # the seed's recipe needs whole logits for x0_hat
     logits_BLV = model.apply(params, z_BLE, lam_B, x0_prev, known_BL, label_B)
     ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
     x0_hat = diffusion.x0_from_logits(logits_BLV, E_VE)
     target, pred = diffusion.mse_target_and_pred(dc.parameterization, x0_BLE, eps_BLE, z_BLE,
                                                  x0_hat, lam_B, dc.path)
-    loss = jnp.sum(jnp.mean(jnp.square(target - pred), -1) * free_BL) / norm
-  metrics = {'loss': loss, 'ce': jnp.sum(ce_BL * free_BL) / norm}
+    mse = jnp.sum(jnp.mean(jnp.square(target - pred), -1) * free_BL) / norm
+  ce = jnp.sum(ce_BL * free_BL) / norm
+  loss = ce if dc.loss == 'ce' else mse
+  metrics = {'loss': loss, 'ce': ce}
   # The running CE curve of `dlm.noise` is the unconditional one: conditioned rows have
   # context the sampler of unconditional text does not, so they count with weight zero.
   unconditioned_B = jnp.all(free_BL > 0, -1).astype(jnp.float32)
