@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlm import diffusion, losses, noise, sharding
+from dlm import denoiser, diffusion, losses, noise, sharding
 from dlm.model import Transformer
 
 LN2 = float(np.log(2.0))
@@ -71,10 +71,10 @@ def diffusion_bound_nats(params, tokens_BL, key, proposal, *, model: Transformer
                          num_samples: int, self_condition: bool = False, num_steps: int = 0):
   """`bound_terms` of a trained denoiser; with self-conditioning, of the two-pass denoiser
   (first pass at the same z_t, as the sampler's `fresh` mode runs it)."""
-  E_VE = losses.embedding_table(model, params)
+  E_VE = denoiser.embedding_table(model, params)
 
   def denoise(z, lam_B):
-    return model.apply(params, z, lam_B, losses.self_condition(
+    return model.apply(params, z, lam_B, denoiser.self_condition(
         params, model, z, lam_B, E_VE, False, self_condition))
   return bound_terms(denoise, E_VE, tokens_BL, key, num_samples, proposal, num_steps,
                      model.cfg.path)

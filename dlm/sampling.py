@@ -40,7 +40,7 @@ import numpy as np
 
 from dlm import conditioning, diffusion, labels, noise, samplers, sharding
 from dlm.errors import DlmError
-from dlm.losses import embedding_table
+from dlm.denoiser import embedding_table
 from dlm.model import Transformer, empty_cache
 
 
