@@ -63,6 +63,10 @@ _SAMPLER = flags.DEFINE_string('sampler', '', 'ancestral | ddim | dpm++2m (empty
 _SCORE_TEMPERATURE = flags.DEFINE_float('score_temperature', 0.0,
                                         'Divides the implied score (Plaid; 0: config).')
 _SELF_CONDITION = flags.DEFINE_string('self_condition', '', 'previous | fresh (empty: config).')
+_ORDER = flags.DEFINE_string('order', '', 'masked / hybrid: random | confidence: which positions '
+                             'a step reveals (empty: config).')
+_CACHE = flags.DEFINE_bool('cache', None, 'masked: reuse the last forward pass when no token '
+                           'changed (default: config).')
 _PROMPT = flags.DEFINE_string('prompt', '', 'sample: text every sample continues.')
 _INFILL = flags.DEFINE_string('infill', '', 'sample (diffusion): a template whose [MASK:n] / '
                               '[MASK] placeholders the samples fill; the rest is kept verbatim.')
@@ -80,7 +84,7 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (-1: detected
 _EVERY_MODE = ('mode', 'workdir', 'distributed', 'coordinator_address', 'num_processes',
                'process_id')
 _SAMPLING = ('checkpoint', 'output', 'seed', 'num_samples', 'seq_len', 'num_steps', 'temperature',
-             'top_p', 'sampler', 'score_temperature', 'self_condition')
+             'top_p', 'sampler', 'score_temperature', 'self_condition', 'order', 'cache')
 # The flags each mode reads; one given to a mode that ignores it is refused, since a silently
 # ignored --seed or --config.sample.num_steps would look as if it had been applied.
 MODE_FLAGS = {
@@ -116,7 +120,7 @@ def _workdir() -> str:
 
 def _print_samples(records) -> None:
   for r in records:
-    how = (f'{r["num_steps"]} {r["sampler"]} steps' if 'num_steps' in r
+    how = (f'{r["num_steps"]} {r.get("sampler", r.get("order"))} steps' if 'num_steps' in r
            else f'top-p {r["top_p"]}')
     if 'label' in r:
       how += f', label {r["label"]} at guidance {r["guidance"]:g}'
@@ -135,10 +139,9 @@ def _sample(workdir: str) -> None:
   train.enable_compilation_cache(run.config.train.compilation_cache)
   _check_sample_flags(run)
   records = sampling.generate(run, num_samples=_NUM_SAMPLES.value or run.config.sample.num_samples,
-                              seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
-                              temperature=_TEMPERATURE.value, seed=_SEED.value,
-                              top_p=_TOP_P.value, prompt=_PROMPT.value, infill=_INFILL.value,
-                              label=_LABEL.value, guidance=_GUIDANCE.value, **_sampler_flags())
+                              seq_len=_SEQ_LEN.value, seed=_SEED.value, prompt=_PROMPT.value,
+                              infill=_INFILL.value, label=_LABEL.value, guidance=_GUIDANCE.value,
+                              **_sampler_flags())
   _print_samples(records)
   _print_stats(run, records)
   if _OUTPUT.value:
@@ -146,8 +149,12 @@ def _sample(workdir: str) -> None:
 
 
 def _sampler_flags() -> dict:
-  return dict(sampler=_SAMPLER.value, score_temperature=_SCORE_TEMPERATURE.value,
-              self_condition=_SELF_CONDITION.value)
+  """The sampling options given on the command line (`sampling.OPTIONS`; unset ones empty,
+  for the run's config to fill); one the run's family does not take is refused there."""
+  return dict(num_steps=_NUM_STEPS.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+              sampler=_SAMPLER.value, score_temperature=_SCORE_TEMPERATURE.value,
+              self_condition=_SELF_CONDITION.value, order=_ORDER.value,
+              cache=None if _CACHE.value is None else _CACHE.value)
 
 
 def _print_stats(run, records) -> None:
@@ -162,13 +169,9 @@ def _print_stats(run, records) -> None:
 
 
 def _check_sample_flags(run) -> None:
-  from dlm import config as config_lib, samplers
+  from dlm import families, sampling
   from dlm.errors import DlmError
-  if _SAMPLER.value and _SAMPLER.value not in samplers.SAMPLERS:
-    raise DlmError(f'--sampler={_SAMPLER.value!r}: expected one of {samplers.SAMPLERS}')
-  if _SELF_CONDITION.value and _SELF_CONDITION.value not in config_lib.SELF_CONDITION:
-    raise DlmError(f'--self_condition={_SELF_CONDITION.value!r}: expected one of '
-                   f'{config_lib.SELF_CONDITION}')
+  sampling.resolve_options(run, families.of(run.model_config), _sampler_flags())
   if _SCORE_TEMPERATURE.value < 0:
     raise DlmError('--score_temperature must be positive')
   if _SEQ_LEN.value > run.model_config.sequence_len:
@@ -220,26 +223,29 @@ def _eval(workdir: str) -> None:
   result.update(step=run.step, data=source, weights='ema' if c.train.ema_decay else 'raw',
                 bound_samples=c.eval.bound_samples)
   result.update(_eval_samples(run, stream, scorer))
-  if run.proposal is not None:  # the table first, so stdout ends with the JSON object
-    _print_curve(result['heldout_ce_vs_logsnr'], run.proposal)
+  if 'heldout_ce_vs_level' in result:  # the table first, so stdout ends with the JSON object
+    _print_curve(result['heldout_ce_vs_level'], result['level'], run.proposal)
   print(json.dumps(result, indent=2))
   if _OUTPUT.value:
     _write(_OUTPUT.value, json.dumps(result, indent=2) + '\n')
 
 
-def _print_curve(curve: dict, proposal) -> None:
-  """The held-out cross-entropy against log-SNR beside the run's noise proposal q, as text:
-  where the curve falls is where the model decides tokens, and where q should put its mass."""
+def _print_curve(curve: dict, level: str, proposal) -> None:
+  """The held-out cross-entropy against the corruption level, beside the run's noise proposal
+  q where it keeps one, as text: where the curve falls is where the model decides tokens, and
+  where q should put its mass."""
   import numpy as np
   from dlm import noise
-  q = np.asarray(noise.bin_densities(proposal))
-  print('held-out cross-entropy (nats/token) vs log-SNR, and the noise proposal q:')
-  stride = max(1, len(q) // 16)
-  for i in range(0, len(q), stride):
+  q = None if proposal is None else np.asarray(noise.bin_densities(proposal))
+  print(f'held-out cross-entropy (nats/token) vs {level}'
+        + (', and the noise proposal q:' if q is not None else ':'))
+  n = len(curve['ce'])
+  for i in range(0, n, max(1, n // 16)):
     ce = curve['ce'][i]
-    bar = '#' * int(round(40 * q[i] / q.max()))
-    print(f'  lambda {curve["logsnr"][i]:7.2f}  CE {"   -  " if ce is None else f"{ce:6.3f}"}'
-          f'  q {q[i]:.3f} {bar}')
+    line = f'  {level} {curve["level"][i]:7.2f}  CE {"   -  " if ce is None else f"{ce:6.3f}"}'
+    if q is not None:
+      line += f'  q {q[i]:.3f} {"#" * int(round(40 * q[i] / q.max()))}'
+    print(line)
 
 
 def _eval_samples(run, stream, scorer) -> dict:
@@ -247,9 +253,7 @@ def _eval_samples(run, stream, scorer) -> dict:
   from dlm import metrics, quality, storage
   n = _NUM_SAMPLES.value or run.config.sample.num_samples
   samples = quality.sample_quality(run, n, seed=_SEED.value, scorer=scorer,
-                                   seq_len=_SEQ_LEN.value, num_steps=_NUM_STEPS.value,
-                                   temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-                                   **_sampler_flags())
+                                   seq_len=_SEQ_LEN.value, **_sampler_flags())
   held_out = quality.row_quality(metrics.reference_windows(stream, n, samples['seq_len'],
                                                            _SEED.value),
                                  run.tokenizer.bos_id, scorer)

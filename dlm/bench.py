@@ -1,22 +1,23 @@
-"""`python -m dlm.bench`: how fast the diffusion model and its AR twin run on this machine.
+"""`python -m dlm.bench`: how fast each model family and the AR twin run on this machine.
 
-  python -m dlm.bench --config configs/d12.py [--batch=64] [--steps=10] [--output=bench.json]
+  python -m dlm.bench --config configs/d12.py [--families=gaussian,masked,hybrid,ar]
+      [--batch=64] [--steps=10] [--output=bench.json]
 
-For the config's diffusion model and its AR twin (`experiments.twin`: same data shapes, matched
-non-embedding parameters) it compiles and then times, after a warm-up call:
+For each diffusion family on the config's backbone and its AR twin (`experiments.twin`: same
+data shapes, matched non-embedding parameters) it compiles and then times, after a warm-up call:
 - the train step (one micro-batch of `--batch` sequences, no accumulation): tokens/s and MFU
   (nanochat's 6N + attention flops rule, `model.flops_per_token`; the diffusion model's extra
   self-conditioning half-forward counted; peak from `train.PEAK_FLOPS`, none on CPU);
-- the evaluation step (the diffusion bound with `eval.bound_samples` draws per sequence, the
+- the evaluation step (the family's bound with `eval.bound_samples` draws per sequence, the
   AR model's exact NLL) on `eval.batch_size` sequences;
-- sampling `sequence_len` tokens at batch 1 and at `--batch`: the diffusion sampler in
-  `sample.num_steps` steps, the AR twin's key/value-cache decoding.
+- sampling `sequence_len` tokens at batch 1 and at `--batch`: each diffusion family's sampler
+  in `sample.num_steps` steps with the config's options, the AR twin's key/value-cache decoding.
 With `--fsdp_orders=N` it times instead the diffusion train step with the state split over N
 devices (FSDP) two ways: whole layers per device first (`sharding.FSDP_ORDER`, so Muon
 orthogonalises local matrices) and the width first (each matrix split, gathered for Muon).
 Each figure is the median of `--steps` timed calls; compile time is lowering plus compilation;
 peak device memory comes from the runtime where it reports one (GPUs, TPUs; not CPUs). Random
-tokens stand in for data: speed does not depend on them. Side-by-side ratios (diffusion ÷ AR)
+tokens stand in for data: speed does not depend on them. Side-by-side ratios (family ÷ AR)
 are printed at the end; on a shared machine only they mean much.
 """
 
@@ -27,12 +28,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dlm import config as config_lib
-from dlm import evaluate, noise, sampling, sharding, state as state_lib
+from dlm import families, sampling, sharding, state as state_lib
 from dlm.errors import DlmError
 from dlm.experiments import twin
 from dlm.model import count_params, flops_per_token
@@ -64,6 +66,7 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
   c.train.device_batch_size = max(1, batch // jax.device_count())
   config_lib.validate(c, jax.device_count())
   mcfg = config_lib.model_config(c, twin.planned_vocab(c))
+  family = families.of(mcfg)
   model, tx, init_fn = state_lib.create(mcfg, c)
   mesh = sharding.make_mesh()
   rep = sharding.replicated(mesh)
@@ -71,8 +74,8 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
   L, V, B = mcfg.sequence_len, mcfg.vocab_size, c.train.device_batch_size * jax.device_count()
   rng = np.random.default_rng(0)
   tokens = lambda n: jnp.asarray(rng.integers(0, V, (n, L)), jnp.int32)
-  family = 'autoregressive' if mcfg.causal else 'diffusion'
-  out = {'family': family, 'n_layer': mcfg.n_layer, 'n_embd': mcfg.n_embd,
+  name = family.NAME
+  out = {'family': name, 'n_layer': mcfg.n_layer, 'n_embd': mcfg.n_embd,
          'non_embedding_params': count_params(state['params'], exclude_embeddings=True),
          'batch': B, 'sequence_len': L, 'dtype': mcfg.dtype, 'attention': mcfg.attention}
 
@@ -81,47 +84,35 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
                  out_shardings=(rep, rep))
   batch_1BL = tokens(B)[None]
   compile_s, step_s = _timed(step, (state, batch_1BL, jax.random.key(1)), repeats)
-  fpt = flops_per_token(mcfg, out['non_embedding_params'])
-  if not mcfg.causal and c.diffusion.self_condition:
-    fpt *= 7 / 6
+  fpt = flops_per_token(mcfg, out['non_embedding_params']) * family.flops_multiplier(c)
   peak = peak_flops(jax.devices()[0])
   tps = B * L / step_s
   out['train'] = {'compile_s': compile_s, 'step_s': step_s, 'tokens_per_sec': tps,
                   'mfu': tps * fpt / (peak * jax.device_count()) if peak else None}
-  log(f'{family}: train step {step_s * 1e3:.1f} ms, {tps:,.0f} tokens/s (compile {compile_s:.1f} s)')
+  log(f'{name}: train step {step_s * 1e3:.1f} ms, {tps:,.0f} tokens/s (compile {compile_s:.1f} s)')
 
   params, q = state['params'], state_lib.proposal(state)
   eb = c.eval.batch_size
-  if mcfg.causal:
-    fn = jax.jit(functools.partial(evaluate.ar_nll_nats, model=model))
-    args = (params, tokens(eb), jnp.zeros((eb,), jnp.int32))
-  else:
-    fn = jax.jit(functools.partial(evaluate.diffusion_bound_nats, model=model,
-                                   num_samples=c.eval.bound_samples,
-                                   self_condition=c.diffusion.self_condition))
-    args = (params, tokens(eb), jax.random.key(2), q)
-  compile_s, eval_s = _timed(fn, args, repeats)
+  frozen = ml_collections.FrozenConfigDict(c)
+  fn = jax.jit(lambda p, t, prev, k, q: family.bound(p, model, frozen, t, prev, k, q)['nats'])
+  compile_s, eval_s = _timed(fn, (params, tokens(eb), jnp.zeros((eb,), jnp.int32),
+                                  jax.random.key(2), q), repeats)
   out['eval'] = {'compile_s': compile_s, 'step_s': eval_s, 'tokens_per_sec': eb * L / eval_s,
                  'batch': eb}
-  log(f'{family}: eval step {eval_s * 1e3:.1f} ms at batch {eb}')
+  log(f'{name}: eval step {eval_s * 1e3:.1f} ms at batch {eb}')
 
   out['sample'] = {}
+  options = {o: c.sample[o] for o in sampling.OPTIONS if o in family.SAMPLE_OPTIONS}
+  if 'self_condition' in options and not c.diffusion.self_condition:
+    options['self_condition'] = ''
   for n in sorted({1, B}):
-    if mcfg.causal:
-      fn = jax.jit(functools.partial(sampling.sample_ar_tokens, model=model, num_samples=n,
-                                     seq_len=L, bos_id=0))
-      args = (params, jax.random.key(3))
-    else:
-      sc = c.sample
-      fn = jax.jit(functools.partial(
-          sampling.sample_tokens, model=model, num_samples=n, seq_len=L, sampler=sc.sampler,
-          self_condition=sc.self_condition if c.diffusion.self_condition else ''))
-      args = (params, jax.random.key(3), noise.steps(q, sc.num_steps))
-    compile_s, sample_s = _timed(fn, args, max(1, repeats // 3))
+    fn = jax.jit(lambda p, k, q, n=n: family.sample_tokens(
+        p, k, q, model=model, num_samples=n, seq_len=L, bos_id=0, **options))
+    compile_s, sample_s = _timed(fn, (params, jax.random.key(3), q), max(1, repeats // 3))
     out['sample'][f'batch_{n}'] = {'compile_s': compile_s, 'seconds': sample_s,
                                    'samples_per_sec': n / sample_s}
-    how = 'KV-cache decoding' if mcfg.causal else f'{c.sample.num_steps} steps'
-    log(f'{family}: {L} tokens at batch {n} ({how}) in {sample_s:.3f} s')
+    how = f'{options["num_steps"]} steps' if 'num_steps' in options else 'KV-cache decoding'
+    log(f'{name}: {L} tokens at batch {n} ({how}) in {sample_s:.3f} s')
   out['peak_memory_bytes'] = _peak_memory()
   return out
 
@@ -132,7 +123,9 @@ def fsdp_orders(c, fsdp: int, batch: int, repeats: int, log=print) -> dict:
   from dlm import checkpoint
   orders = {'layers first': sharding.FSDP_ORDER,
             'width first': ('embed', 'hidden', 'vocab', 'input', 'layers')}
-  c.model.causal, c.train.fsdp, c.train.total_batch_size = False, fsdp, 0
+  c.train.fsdp, c.train.total_batch_size = fsdp, 0
+  if c.model.family == 'ar':
+    c.model.family = 'gaussian'
   batch = batch or c.train.device_batch_size * jax.device_count()
   config_lib.validate(c, jax.device_count())
   sharding.use_fsdp(fsdp)
@@ -161,30 +154,42 @@ def fsdp_orders(c, fsdp: int, batch: int, repeats: int, log=print) -> dict:
   return out
 
 
-def bench(c, batch: int = 0, repeats: int = 10, log=print) -> dict:
-  """Both families of config c, then the diffusion ÷ AR ratios."""
+def bench(c, batch: int = 0, repeats: int = 10, log=print,
+          names: tuple[str, ...] = ('gaussian', 'ar')) -> dict:
+  """The families `names` of config c (each diffusion family on c's backbone, `ar` as c's
+  twin with matched non-embedding parameters), then each one's ratios to the AR twin."""
   import copy
   if repeats < 1:
     raise DlmError('--steps must be >= 1')
+  unknown = [n for n in names if n not in families.FAMILIES]
+  if unknown or not names:
+    raise DlmError(f'--families: {",".join(unknown) or "none given"}; expected some of '
+                   f'{",".join(families.FAMILIES)}')
   c = copy.deepcopy(c)
-  c.model.causal = False
+  if c.model.family == 'ar':
+    c.model.family = 'gaussian'
   batch = batch or c.train.device_batch_size * jax.device_count()
   if batch < 1:
     raise DlmError('--batch must be >= 1')
-  ar = twin.ar_twin(c)
   result = {'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
-            'num_devices': jax.device_count(),
-            'diffusion': bench_family(c, batch, repeats, log),
-            'autoregressive': bench_family(ar, batch, repeats, log)}
-  d, a = result['diffusion'], result['autoregressive']
-  result['ratios'] = {
-      'train_time_per_token': a['train']['tokens_per_sec'] / d['train']['tokens_per_sec'],
-      **{f'sample_time_{k}': d['sample'][k]['seconds'] / a['sample'][k]['seconds']
-         for k in d['sample']}}
-  r = result['ratios']
-  log(f'diffusion / AR twin: train time per token {r["train_time_per_token"]:.2f}x; '
-      + ', '.join(f'sampling {k.split("_", 2)[2].replace("_", " ")} {v:.2f}x'
-                  for k, v in r.items() if k.startswith('sample')))
+            'num_devices': jax.device_count(), 'families': {}, 'ratios': {}}
+  for name in names:
+    fc = twin.ar_twin(c) if name == 'ar' else copy.deepcopy(c)
+    fc.model.family = name
+    result['families'][name] = bench_family(fc, batch, repeats, log)
+  if 'ar' not in names:
+    return result
+  a = result['families']['ar']
+  for name, d in result['families'].items():
+    if name == 'ar':
+      continue
+    r = result['ratios'][name] = {
+        'train_time_per_token': a['train']['tokens_per_sec'] / d['train']['tokens_per_sec'],
+        **{f'sample_time_{k}': d['sample'][k]['seconds'] / a['sample'][k]['seconds']
+           for k in d['sample']}}
+    log(f'{name} / AR twin: train time per token {r["train_time_per_token"]:.2f}x; '
+        + ', '.join(f'sampling {k.split("_", 2)[2].replace("_", " ")} {v:.2f}x'
+                    for k, v in r.items() if k.startswith('sample')))
   return result
 
 
@@ -194,6 +199,8 @@ if __name__ == '__main__':
                                 'batch (0: device_batch_size x devices).')
   _STEPS = flags.DEFINE_integer('steps', 10, 'Timed calls per figure (median).')
   _OUTPUT = flags.DEFINE_string('output', '', 'Write the figures here as JSON.')
+  _FAMILIES = flags.DEFINE_string('families', 'gaussian,masked,hybrid,ar',
+                                  'Comma-separated families to time (dlm.families).')
   _FSDP_ORDERS = flags.DEFINE_integer('fsdp_orders', 0, 'Time only the FSDP train step over '
                                       'this many devices, layers split first vs width first.')
 
@@ -207,7 +214,8 @@ if __name__ == '__main__':
       if _FSDP_ORDERS.value:
         result = fsdp_orders(_CONFIG.value, _FSDP_ORDERS.value, _BATCH.value, _STEPS.value, log)
       else:
-        result = bench(_CONFIG.value, _BATCH.value, _STEPS.value, log=log)
+        result = bench(_CONFIG.value, _BATCH.value, _STEPS.value, log=log,
+                       names=tuple(n for n in _FAMILIES.value.split(',') if n))
     except DlmError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)

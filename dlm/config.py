@@ -12,7 +12,7 @@ import math
 import jax
 import ml_collections
 
-from dlm import diffusion, labels, noise, samplers, storage
+from dlm import diffusion, families, labels, noise, samplers, storage
 from dlm.errors import DlmError
 from dlm.model import REMAT, ModelConfig
 
@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
       sequence_len=1024,   # seed --max_seq_len / sequence_len
       vocab_size=0,        # 0: the tokenizer's (padded to a multiple of 64)
       diffusion_dim=64,    # width of the space the noise lives in, projected up to n_embd
-      causal=False,        # True: the autoregressive baseline on the same backbone
+      family='gaussian',   # what corrupts the text (dlm.families): ar (the autoregressive
+                           # twin) | gaussian (noise on embeddings) | masked | hybrid
       dtype='float32',     # compute dtype of every matmul; parameters stay float32
       attention='auto',    # auto (cudnn on NVIDIA GPUs in bf16, else xla) | xla | cudnn
       remat='block',       # what the backward pass recomputes: none | block | dots (model.REMAT);
@@ -113,6 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
       self_condition='previous',  # previous: feed back the last step's x0_hat | fresh: 2 passes
       clamp=False,                # snap x0_hat to the nearest embedding before each update
       guidance=1.0,               # classifier-free guidance scale with --label (0: unconditional)
+      order='random',             # masked / hybrid: which positions a step reveals: random (the
+                                  # ancestral sampler) | confidence (the most confident first)
+      cache=True,                 # masked: reuse the last forward pass when no token changed
       mask_len=16,                # tokens of a bare [MASK] in an infill template
       top_p=1.0,                  # autoregressive runs: nucleus sampling mass (1: off)
   ))
@@ -138,13 +142,12 @@ def model_config(c, vocab_size: int) -> ModelConfig:
     raise DlmError(f'model.vocab_size={m.vocab_size} is smaller than the tokenizer\'s {vocab_size}')
   return ModelConfig(
       vocab_size=m.vocab_size or vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-      sequence_len=m.sequence_len, diffusion_dim=m.diffusion_dim, causal=m.causal,
+      sequence_len=m.sequence_len, diffusion_dim=m.diffusion_dim, family=m.family,
       normalize_embeddings=c.diffusion.normalize_embeddings,
-      prior_logits=c.diffusion.prior_logits, learn_embeddings=c.diffusion.learn_embeddings,
-      path=c.diffusion.path,
-      conditioning=not m.causal and c.diffusion.condition_fraction > 0,
-      num_labels=len(labels.VALUES) if c.data.label and not m.causal else 0, dtype=m.dtype,
-      attention=attention(c), remat=m.remat)
+      learn_embeddings=c.diffusion.learn_embeddings, path=c.diffusion.path,
+      num_labels=len(labels.VALUES) if c.data.label and m.family != 'ar' else 0, dtype=m.dtype,
+      attention=attention(c), remat=m.remat,
+      **families.get(m.family).model_fields(c))  # causal, conditioning, prior_logits
 
 
 def attention(c) -> str:
@@ -225,7 +228,7 @@ RULES = {
     'model.sequence_len': _integer(2),
     'model.vocab_size': _integer(0),
     'model.diffusion_dim': _integer(1),
-    'model.causal': _boolean,
+    'model.family': _one_of(*families.FAMILIES),
     'model.dtype': _one_of('float32', 'bfloat16'),
     'model.attention': _one_of('auto', 'xla', 'cudnn'),
     'model.remat': _one_of(*REMAT),
@@ -294,6 +297,8 @@ RULES = {
     'sample.guidance': _number(0),
     'sample.mask_len': _integer(1),
     'sample.top_p': _number(0, 1, low_open=True),
+    'sample.order': _one_of('random', 'confidence'),
+    'sample.cache': _boolean,
     'eval.eval_tokens': _integer(1),
     'eval.batch_size': _integer(1),
     'eval.bound_samples': _integer(2),  # two replicas at least, for the Monte-Carlo error
@@ -307,6 +312,9 @@ def flat_keys(c) -> dict:
 
 
 def unknown_key_message(key: str) -> str:
+  if key == 'model.causal':
+    return ('unknown config key model.causal: it became model.family (model.causal=True is '
+            f'model.family=ar; the others: {", ".join(families.FAMILIES[1:])})')
   close = difflib.get_close_matches(key, RULES, n=1)
   return f'unknown config key {key}' + (f'; did you mean {close[0]}?' if close else '')
 
@@ -349,6 +357,9 @@ def validate(c, num_devices: int | None = 1) -> None:
   _require(d.token_logsnr_min < d.token_logsnr_max,
            f'diffusion.token_logsnr_min={d.token_logsnr_min:g} must be below '
            f'token_logsnr_max={d.token_logsnr_max:g}')
+  _require(d.loss == 'ce' or m.family == 'gaussian',
+           f'diffusion.loss={d.loss} is the Gaussian family\'s (the seed\'s MSE on '
+           f'embeddings); model.family={m.family} trains with cross-entropy (loss=ce)')
   _require(s.seq_len <= m.sequence_len,
            f'sample.seq_len={s.seq_len} exceeds model.sequence_len={m.sequence_len}')
   if num_devices is not None:
@@ -420,6 +431,8 @@ def load_json(path) -> ml_collections.ConfigDict:
   if not isinstance(saved, dict):
     raise DlmError(f'{path} holds no config (a JSON object)')
   flat = _flatten(saved)
+  if 'model.causal' in flat and 'model.family' not in flat:  # saved before model.family
+    flat['model.family'] = 'ar' if flat.pop('model.causal') else 'gaussian'
   unknown = [k for k in flat if k not in RULES]
   _require(not unknown, f'{path} has settings this version of dlm does not know: '
            f'{", ".join(unknown)}')

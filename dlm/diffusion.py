@@ -90,6 +90,14 @@ def stratified(key, batch: int):
   return jax.random.permutation(k_perm, u)
 
 
+def lattice_draws(key, batch: int, num_samples: int):
+  """(batch, 2 * (num_samples // 2)) points in [0, 1): two randomly shifted evenly spaced
+  lattices per row (randomised quasi-Monte Carlo), replica r in columns r*h .. r*h + h - 1."""
+  h = num_samples // 2
+  shift = jax.random.uniform(key, (batch, 2, 1))
+  return ((shift + jnp.arange(h) / h) % 1.0).reshape(batch, 2 * h)
+
+
 def q_sample(x0, lam, eps, path: str = 'vp'):
   """z ~ q(z_t | x0): broadcast lam over the trailing (length, dim) axes."""
   a, s = alpha_sigma(lam[:, None, None], path)

@@ -38,7 +38,8 @@ class ModelConfig:
   n_embd: int
   sequence_len: int
   diffusion_dim: int = 64
-  causal: bool = False
+  family: str = 'gaussian'     # `dlm.families`: which corruption the model is trained to undo
+  causal: bool = False         # causal attention on token ids (the ar family)
   normalize_embeddings: bool = True
   prior_logits: bool = True
   learn_embeddings: bool = True

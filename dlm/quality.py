@@ -14,8 +14,9 @@ import time
 import jax
 import numpy as np
 
-from dlm import evaluate, metrics, sampling
+from dlm import families, metrics, sampling
 from dlm.errors import DlmError
+from dlm.families import ar
 
 
 def same_tokenizer(a, b) -> bool:
@@ -25,8 +26,8 @@ def same_tokenizer(a, b) -> bool:
 
 
 def check_scorer(run, scorer, seq_len: int) -> None:
-  if not scorer.model_config.causal:
-    raise DlmError(f'the scorer in {scorer.workdir} is not an autoregressive run (model.causal)')
+  if not families.of(scorer.model_config).EXACT:
+    raise DlmError(f'the scorer in {scorer.workdir} is not an autoregressive run (model.family=ar)')
   if not same_tokenizer(run.tokenizer, scorer.tokenizer):
     raise DlmError(f'the scorer in {scorer.workdir} uses another tokenizer than {run.workdir}')
   if scorer.model_config.sequence_len < seq_len - 1:
@@ -38,7 +39,7 @@ def token_nll(scorer, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
   """(N, L - 1): the scorer's NLL in nats of rows[:, j + 1] given rows[:, :j + 1]."""
   rows = np.asarray(rows, np.int32)
   return np.concatenate([
-      np.asarray(evaluate.ar_nll_nats(scorer.params, r[:, 1:], r[:, 0], model=scorer.model))
+      np.asarray(ar.nll_nats(scorer.params, r[:, 1:], r[:, 0], model=scorer.model))
       for r in (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))])
 
 

@@ -2,8 +2,9 @@
 
 `faults` counts the steps skipped for a non-finite loss or gradient (`train.make_train_step`).
 
-`noise` (diffusion runs) is the noise allocation's state (`dlm.noise`): the running
-cross-entropy curve over log-SNR and the proposal q built from it, checkpointed like the rest.
+`noise` (the families that keep one: gaussian, hybrid) is the noise allocation's state
+(`dlm.noise`): the running cross-entropy curve over log-SNR and the proposal q built from it,
+checkpointed like the rest.
 
 Built once from the config by `create`; `jax.eval_shape` of the same function gives the
 abstract target that Orbax restores into (with the shardings of the current mesh).
@@ -12,7 +13,7 @@ abstract target that Orbax restores into (with the shardings of the current mesh
 import jax.numpy as jnp
 import optax
 
-from dlm import noise
+from dlm import families, noise
 from dlm.model import ModelConfig, Transformer
 from dlm.optim import make_optimizer
 
@@ -35,8 +36,9 @@ def create(mcfg: ModelConfig, c):
              'faults': {'skipped': jnp.zeros((), jnp.int32), 'streak': jnp.zeros((), jnp.int32)}}
     if c.train.ema_decay:
       state['ema'] = params
-    if not mcfg.causal:
-      state['noise'] = noise.init_state(c.diffusion, mcfg.diffusion_dim, mcfg.vocab_size)
+    noise_state = families.of(mcfg).init_noise(c, mcfg)
+    if noise_state is not None:
+      state['noise'] = noise_state
     return state
   return model, tx, init_fn
 
@@ -51,5 +53,5 @@ def ema_update(ema, params, decay: float):
 
 
 def proposal(state):
-  """The run's noise proposal q ({cdf, edges}, `dlm.noise`), None for an AR run."""
+  """The run's noise proposal q ({cdf, edges}, `dlm.noise`), None for a family without one."""
   return noise.proposal(state['noise']) if 'noise' in state else None

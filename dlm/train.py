@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dlm import (checkpoint, data, evaluate, labels, losses, noise, preemption, runlock,
+from dlm import (checkpoint, data, evaluate, families, labels, noise, preemption, runlock,
                  sharding, storage)
 from dlm import config as config_lib
 from dlm import metrics_log as metrics_log_lib
@@ -57,7 +57,8 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
   """One optimiser update over `accumulation` micro-batches, all inside one jit. patterns:
   the run's label (`labels.Label.patterns`), None without one.
 
-  The random inputs of every micro-batch are drawn first, for the whole batch (`losses.draw`).
+  The random inputs of every micro-batch are drawn first, for the whole batch (the family's
+  `draw`).
   Then, under shard_map, each device sums the gradients of its own rows over the micro-batches
   without any communication, and one psum per optimiser step adds the devices' sums: under
   plain jit, XLA reduced the gradients inside every micro-step and resharded the
@@ -72,6 +73,7 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
   stops (`check_faults`), so nothing after the fault reaches a checkpoint.
   """
   mesh = mesh or sharding.make_mesh()
+  family = families.of(model.cfg)
   ema_decay, max_bad = c.train.ema_decay, c.train.max_bad_steps
   rows_spec = P(None, sharding.AXES)
   faults = jnp.asarray(FAULT_STEPS or (-1,), jnp.int32)
@@ -79,7 +81,7 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
   def device_grads(params, batch_ABL, draws, norm_A):
     def micro(grad_sum, xs):
       tokens_BL, d, norm = xs
-      (_, (metrics, rows)), grads = jax.value_and_grad(losses.loss_given, has_aux=True)(
+      (_, (metrics, rows)), grads = jax.value_and_grad(family.loss, has_aux=True)(
           params, model, tokens_BL, d, c, patterns, norm)
       return jax.tree.map(jnp.add, grad_sum, grads), (metrics, rows)
 
@@ -92,24 +94,21 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
     params = state['params']
     keys = jax.random.split(jax.random.fold_in(key, state['step']), accumulation)
     q = state_lib.proposal(state)
-    draws = jax.vmap(lambda k, t: losses.draw(k, t, model, c, q, patterns))(keys, batch_ABL)
-    norm_A = jax.vmap(lambda t, d: losses.scored_positions(t, d, model.cfg.causal))(
-        batch_ABL, draws)
+    draws = jax.vmap(lambda k, t: family.draw(k, t, model, c, q, patterns))(keys, batch_ABL)
+    norm_A = jax.vmap(family.scored_positions)(batch_ABL, draws)
     grads, metrics, rows = jax.shard_map(
         device_grads, mesh=mesh, in_specs=(P(), rows_spec, rows_spec, P()),
         out_specs=(P(), P(), rows_spec), check_vma=False)(params, batch_ABL, draws, norm_A)
     poison = jnp.where(jnp.any(faults == state['step'] + 1), jnp.nan, 1.0)
     grads = jax.tree.map(lambda g: g * (poison / accumulation), grads)
-    metrics = {**jax.tree.map(jnp.mean, metrics), **losses.param_metrics(params, model),
+    metrics = {**jax.tree.map(jnp.mean, metrics), **family.param_metrics(params, model),
                'grad_norm': optax.tree.norm(grads)}
     updates, opt_state = tx.update(grads, state['opt_state'], params)
     new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
     if ema_decay:
       new['ema'] = state_lib.ema_update(state['ema'], new['params'], ema_decay)
-    if 'noise' in state:  # the running CE curve, and at refresh steps a new proposal
-      new['noise'] = noise.update(state['noise'], rows['lam'].reshape(-1),
-                                  rows['ce'].reshape(-1), state['step'] + 1, c.diffusion,
-                                  rows['weight'].reshape(-1))
+    if 'noise' in state:  # e.g. the running CE curve, and at refresh steps a new proposal
+      new['noise'] = family.update_noise(state['noise'], rows, state['step'] + 1, c)
     ok = (jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
           & (state['faults']['streak'] < max_bad))
     new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)  # a bad step: no update
@@ -221,18 +220,17 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   if sharding.is_main_process():  # after the checks a resume makes: a refused one changes nothing
     config_lib.save_json(c, storage.join(workdir, 'config.json'))
   n_params = count_params(state['params'])
-  fpt = flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
-  if not mcfg.causal and c.diffusion.self_condition:
-    fpt *= 7 / 6  # the self-conditioning pass: a forward (2N) over half the batch, beside 6N
-  kind = 'autoregressive' if mcfg.causal else 'diffusion'
-  log(f'model: {kind}, {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
+  family = families.of(mcfg)
+  fpt = (flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
+         * family.flops_multiplier(c))
+  log(f'model: {family.NAME} ({family.SUMMARY}), {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}, '
       f'{mcfg.dtype} matmuls, {mcfg.attention} attention, remat {mcfg.remat}')
   log(memory_report(state, n_dev, c.train.fsdp))
   log(f'batch: {B} sequences x {accumulation} accumulation x {L} tokens = '
       f'{B * accumulation * L:,} tokens per step on {n_dev} {jax.devices()[0].platform} device(s)')
 
-  label = None if mcfg.causal else labels.build(c.data.label, tok)
+  label = labels.build(c.data.label, tok) if mcfg.num_labels else None
   if label is not None:
     log(f'label: {label.spec}, values {", ".join(label.values)} (dropped from '
         f'{c.diffusion.label_dropout:.0%} of rows for guidance)')
@@ -260,7 +258,7 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   if start == 0:  # the sanity check: an untrained model sits at log2(V)
     init = evaluate_now(state, bound=True, discrete=False)
     if 'bits_per_token' in init:
-      rel = '=' if mcfg.causal else '<='  # AR: exact NLL; diffusion: an upper bound
+      rel = '=' if family.EXACT else '<='  # AR: exact NLL; diffusion: an upper bound
       log(f'init: val_loss {init["val_loss"]:.4f} | bits/token {rel} {init["bits_per_token"]:.3f} '
           f'(log2 V = {np.log2(mcfg.vocab_size):.3f}) | bits/byte {rel} {init["bits_per_byte"]:.3f}')
     metrics_log.write({'step': 0, **{k: v for k, v in init.items() if isinstance(v, float)}})

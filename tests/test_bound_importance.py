@@ -1,4 +1,4 @@
-"""The importance-weighted continuous-time bound (`evaluate.bound_terms` with a proposal q):
+"""The importance-weighted continuous-time bound (`families.gaussian.bound_terms` with a proposal q):
 on a toy whose exact NLL and exact denoiser are known (9 sequences, V=3, L=2, d=4, as in
 tests/test_bound.py), any q > 0 gives the same bound in expectation, above H(q_data), and a q
 that follows the integrand cuts its Monte-Carlo error against uniform draws over the range."""
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm import diffusion, evaluate, noise
+from dlm.families import gaussian
 
 V, L, D = 3, 2, 4
 EDGES = jnp.linspace(-12.0, 10.0, 65)
@@ -63,7 +64,7 @@ def _uniform_proposal():
 def _estimate(denoise, E, x, proposal, key, path='vp'):
   """(mean nats per sequence, its standard error over sequences, Monte-Carlo std per sequence
   from the two replicas, the raw terms)."""
-  t = jax.device_get(evaluate.bound_terms(denoise, E, x, key, SAMPLES, proposal, 0, path))
+  t = jax.device_get(gaussian.bound_terms(denoise, E, x, key, SAMPLES, proposal, 0, path))
   d = np.asarray(t['diffusion'], np.float64)
   nats = np.asarray(t['recon']) + d.mean(-1) + np.asarray(t['prior'])
   mc = np.sqrt(np.mean(np.square(d[:, 0] - d[:, 1]) / 4))

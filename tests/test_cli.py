@@ -42,8 +42,8 @@ def test_eval_writes_val_loss_and_bits_per_byte(trained, tmp_path):
   result = json.loads(out.read_text())
   assert result['eval_tokens'] == 128 and result['step'] == 6 and result['bound_samples'] == 6
   assert 'two-pass' in result['likelihood']  # says which process the bound describes
-  curve = result['heldout_ce_vs_logsnr']
-  assert len(curve['logsnr']) == len(curve['ce']) and any(x is not None for x in curve['ce'])
+  curve = result['heldout_ce_vs_level']
+  assert result['level'] == 'logsnr' and len(curve['level']) == len(curve['ce']) and any(x is not None for x in curve['ce'])
   assert 'held-out cross-entropy' in proc.stdout and proc.stdout.rstrip().endswith('}')
   assert 0 < result['bits_per_byte'] < result['bits_per_token']
   assert result['val_loss'] > 0

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import tiny_config
 from dlm import checkpoint, conditioning, labels, samplers, sampling, train
+from dlm.families import gaussian
 from dlm.errors import DlmError
 
 quiet = lambda *a, **k: None
@@ -35,7 +36,7 @@ def plain_run(tmp_path_factory):
 @pytest.fixture(scope='module')
 def ar_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('ar')
-  train.train(tiny_config(**{'model.causal': True}), str(workdir), log=quiet)
+  train.train(tiny_config(**{'model.family': 'ar'}), str(workdir), log=quiet)
   return checkpoint.load_run(str(workdir))
 
 
@@ -135,14 +136,14 @@ def test_guidance_zero_is_the_unconditional_sampler_bit_for_bit(run):
 
 def test_the_guided_mixture_interpolates_the_branches(run):
   """Two branches at W = 0 give the unconditional estimate; W = 1 the conditional one."""
-  kw, _ = sampling._prepare(run, 2, num_steps=4, label='yes', guidance=2.0)
+  kw, _ = sampling.prepare(run, 2, num_steps=4, label='yes', guidance=2.0)
   assert kw['branches'] == 2
   key = jax.random.key(0)
   out = {}
   for name, branches, W in (('u', 0, 0.0), ('c', 1, 1.0), ('mix0', 2, 0.0), ('mix1', 2, 1.0)):
-    _, (ids, entropy) = sampling.sample_tokens(
-        run.params, key, **dict(kw, branches=branches, guidance=W), model=run.model,
-        trajectory=True)
+    _, (ids, entropy) = gaussian.sample_tokens(
+        run.params, key, run.proposal, **dict(kw, branches=branches, guidance=W),
+        model=run.model, trajectory=True)
     out[name] = np.asarray(entropy)
   np.testing.assert_allclose(out['mix0'], out['u'], atol=1e-4)
   np.testing.assert_allclose(out['mix1'], out['c'], atol=1e-4)

@@ -91,7 +91,7 @@ EDGES = [
     ('eval.bound_samples', 1, 2),
     ('train.matrix_lr', float('nan'), 0.02),
     ('diffusion.gumbel_mu', float('inf'), -3.0),
-    ('model.causal', 1, True),  # a bool field does not take an int
+    ('model.family', 'gpt', 'masked'),
 ]
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, 'tests')
 import jax, numpy as np
 from ml_collections import FrozenConfigDict
 from conftest import tiny_config
-from dlm import checkpoint, data, sampling, sharding, train
+from dlm import checkpoint, data, families, sampling, sharding, train
 from dlm.experiments import common
 workdir, out, stop, fsdp, data_path = sys.argv[1:6]
 stop, fsdp = int(stop), int(fsdp)
@@ -53,8 +53,9 @@ report = {'devices': n, 'processes': jax.process_count(), 'not_prepared': not_pr
 if full:  # evaluation, sampling and memory on this topology (compilations: only where tested)
   run = checkpoint.load_run(workdir)
   rows = sharding.global_rows(np.zeros((8, 16), np.int32))
-  kw, _ = sampling._prepare(run, 8, num_steps=3)
-  samples = sampling.sample_tokens(run.params, jax.random.key(0), model=run.model, **kw)
+  kw, _ = sampling.prepare(run, 8, num_steps=3)
+  samples = families.of(run.model_config).sample_tokens(run.params, jax.random.key(0),
+                                                        run.proposal, model=run.model, **kw)
   from dlm import state as state_lib
   def held(f):  # bytes of parameters + optimiser state on device 0 with fsdp = f
     sharding.use_fsdp(f)

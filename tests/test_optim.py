@@ -9,7 +9,7 @@ from dlm.optim import lr_schedule, param_groups, param_path
 
 
 def _state(causal=False):
-  c = tiny_config(**{'model.causal': causal})
+  c = tiny_config(**{'model.family': 'ar' if causal else 'gaussian'})
   mcfg = config_lib.model_config(c, 128)
   model, tx, init_fn = state_lib.create(mcfg, c)
   return tx, init_fn(jax.random.key(0))

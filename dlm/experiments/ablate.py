@@ -80,7 +80,8 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
     raise DlmError(f'unknown sweep {sweep!r}; expected one of {sorted(SWEEPS)}')
   p = common.preset(preset)
   base = common.apply(c, p['config'])
-  base.model.causal = False
+  if base.model.family == 'ar':
+    base.model.family = 'gaussian'
   os.makedirs(workdir, exist_ok=True)
   scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
   scorer = checkpoint.load_run(scorer_workdir)

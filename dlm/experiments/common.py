@@ -63,11 +63,11 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
 
 
 def scorer_config(c):
-  """The gen-PPL scorer for runs of config c: causal, larger (1.5x the depth and so the width
+  """The gen-PPL scorer for runs of config c: autoregressive, larger (1.5x the depth and so the width
   where the width derives from depth, else twice the layers), twice the iterations, the same
   data and sequence length."""
   s = copy.deepcopy(c)
-  s.model.causal = True
+  s.model.family = 'ar'
   layers = c.model.n_layer or c.model.depth
   if c.model.n_embd:
     s.model.n_layer = 2 * layers

@@ -34,7 +34,8 @@ def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '', log=
             command: str = '') -> dict:
   p = common.preset(preset)
   configs = {'diffusion': common.apply(c, p['config'])}
-  configs['diffusion'].model.causal = False
+  if configs['diffusion'].model.family == 'ar':
+    configs['diffusion'].model.family = 'gaussian'
   configs['autoregressive'] = twin.ar_twin(configs['diffusion'])
   os.makedirs(workdir, exist_ok=True)
   scorer_workdir = common.ensure_scorer(configs['diffusion'], workdir, scorer_workdir, log)

@@ -46,7 +46,8 @@ def guidance(c, label_spec: str, workdir: str, preset: str = 'cpu', scorer_workd
     raise DlmError('guidance scales must be >= 0')
   p = common.preset(preset)
   c = common.apply(c, p['config'])
-  c.model.causal = False
+  if c.model.family == 'ar':
+    c.model.family = 'gaussian'
   c.data.label = label_spec
   labels.check_spec(label_spec)
   os.makedirs(workdir, exist_ok=True)

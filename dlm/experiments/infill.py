@@ -38,8 +38,9 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from dlm import checkpoint, data, quality, sampling
+from dlm import checkpoint, data, families, quality, sampling
 from dlm.errors import DlmError
+from dlm.families import ar
 from dlm.experiments import common, report, twin
 
 plt = report.plt  # the Agg backend, as report.py sets it
@@ -104,15 +105,15 @@ def diffusion_fill(run, windows: np.ndarray, known: np.ndarray, key, temperature
   B = min(batch, N)
   # The run's own sample settings (sampler, steps, self-conditioning), as `sample_array` takes
   # them, with the known tokens set below.
-  kwargs, settings = sampling._prepare(run, B, L, temperature=temperature)
-  known_by = 'trained' if run.model_config.conditioning else 'replace'
-  settings.update(known_by=known_by)
+  family = families.of(run.model_config)
+  kwargs, settings = sampling.prepare(run, B, L, temperature=temperature)
+  settings.update(known_by='trained' if run.model_config.conditioning else 'replace')
   out = np.zeros_like(windows)
   both = np.concatenate([windows, known.astype(np.int32)], 1)
   for i, rows, count in _batches(both, B):
-    tokens = sampling.sample_tokens(
-        run.params, jax.random.fold_in(key, i), model=run.model,
-        **{**kwargs, 'known_by': known_by, 'cond_tokens': jnp.asarray(rows[:, :L]),
+    tokens = family.sample_tokens(
+        run.params, jax.random.fold_in(key, i), run.proposal, model=run.model,
+        **{**kwargs, 'cond_tokens': jnp.asarray(rows[:, :L]),
            'known': jnp.asarray(rows[:, L:].astype(bool))})
     out[i:i + count] = np.asarray(tokens)[:count]
   return out, settings
@@ -128,7 +129,7 @@ def ar_fill(run, windows: np.ndarray, a: int, n: int, key, temperature: float,
   known = np.broadcast_to(np.arange(T) < a, (B, T))
   out = windows.copy()
   for i, rows, count in _batches(windows[:, :T], B):
-    tokens = sampling.sample_ar_tokens(
+    tokens = ar.sample_tokens(
         run.params, jax.random.fold_in(key, i), model=run.model, num_samples=B, seq_len=T,
         bos_id=run.tokenizer.bos_id, temperature=temperature, top_p=1.0,
         cond_tokens=jnp.asarray(rows), known=jnp.asarray(known))
@@ -184,9 +185,9 @@ def difference(x: np.ndarray, y: np.ndarray, lower_is_better: bool = True) -> di
 
 def _load(workdir: str, causal: bool, what: str):
   run = checkpoint.load_run(workdir)
-  if run.model_config.causal != causal:
+  if families.of(run.model_config).EXACT != causal:
     raise DlmError(f'the {what} run in {workdir} is '
-                   f'{"not " if causal else ""}autoregressive (model.causal)')
+                   f'{"not " if causal else ""}autoregressive (model.family)')
   return run
 
 
@@ -204,7 +205,8 @@ def _runs(c, workdir: str, preset: str, scorer_workdir: str, diffusion_workdir: 
       raise DlmError('--config is required to train the runs not given (e.g. '
                      'configs/quickstart.py)')
     dc = common.apply(c, common.preset(preset)['config'])
-    dc.model.causal = False
+    if dc.model.family == 'ar':
+      dc.model.family = 'gaussian'
   configs = {'diffusion': dc, 'autoregressive': twin.ar_twin(dc)}
   scorer_workdir = common.ensure_scorer(dc, workdir, scorer_workdir, log)
   for family in FAMILIES:

@@ -35,7 +35,7 @@ def ar_non_embedding_params(n_layer: int, n_embd: int, vocab: int) -> int:
 
 
 def ar_twin(c):
-  """A copy of `c` with causal=True and n_layer / n_embd / n_head matched to its parameters."""
+  """A copy of `c` with model.family=ar and n_layer / n_embd / n_head matched to its parameters."""
   target, V = non_embedding_params(c), planned_vocab(c)
   depth = c.model.n_layer or c.model.depth
   width = c.model.n_embd or 64 * c.model.depth
@@ -50,6 +50,6 @@ def ar_twin(c):
                              n_head))
   _, n_layer, n_embd, n_head = min(candidates)
   ar = copy.deepcopy(c)
-  ar.model.causal = True
+  ar.model.family = 'ar'
   ar.model.n_layer, ar.model.n_embd, ar.model.n_head = n_layer, n_embd, n_head
   return ar
