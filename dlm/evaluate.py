@@ -127,7 +127,7 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
       heldout_ce_vs_level=binned_curve(np.concatenate(t.level), np.concatenate(t.ce),
                                        family.level_edges(proposal)),
       level=family.LEVEL,
-      likelihood=f'upper bound ({family.BOUND}; the true NLL is lower)')
+      likelihood=f'upper bound ({family.describe_bound(c)}; the true NLL is lower)')
   return result
 
 

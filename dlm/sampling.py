@@ -93,6 +93,9 @@ def guidance_branches(run, label: str, guidance) -> tuple[int, int, float]:
   if not label:
     return 0, 0, W
   spec = _run_label(run)
+  if spec is None and families.of(run.model_config).EXACT:
+    raise DlmError(f'--label={label!r}: guidance needs a diffusion run trained with '
+                   'data.label; this is an autoregressive run')
   if spec is None:
     raise DlmError(f'--label={label!r}: the run in {run.workdir} was trained without labels '
                    '(train a diffusion run with data.label, e.g. keyword:dragon)')
@@ -135,7 +138,8 @@ def resolve_options(run, family, options: dict) -> dict:
                    f'{", ".join(samplers_)}')
   if 'self_condition' in out:
     if out['self_condition'] not in ('previous', 'fresh'):
-      raise DlmError(f'--self_condition={out["self_condition"]!r}: expected previous or fresh')
+      raise DlmError(f'--self_condition={out["self_condition"]!r}: expected one of previous, '
+                     'fresh')
     if not dc.self_condition:
       if 'self_condition' in given:
         raise DlmError('--self_condition: this run was trained without self-conditioning '

@@ -62,8 +62,6 @@ SAMPLE_OPTIONS = frozenset({'num_steps', 'sampler', 'temperature', 'score_temper
 SAMPLERS = samplers.SAMPLERS
 INFILL = True
 LEVEL = 'logsnr'  # the corruption level of the held-out CE curve
-BOUND = ('continuous-time variational bound (VDM), importance-sampled from the run\'s noise '
-         'proposal')
 
 
 def model_fields(c) -> dict:
@@ -271,6 +269,12 @@ def bound_terms(denoise, E_VE, tokens_BL, key, num_samples: int, proposal, num_s
           'prior': diffusion.prior_kl(x0, lo, path).sum(-1), 'lam': lam_SB.T, 'ce': ce_SB.T}
 
 
+def describe_bound(c) -> str:
+  denoiser = 'two-pass self-conditioned denoiser' if c.diffusion.self_condition else 'denoiser'
+  return (f'continuous-time variational bound of the {denoiser}, importance-sampled from the '
+          'run\'s noise proposal')
+
+
 def level_edges(proposal):
   """Bins of the held-out CE curve: the proposal's log-SNR bins."""
   return proposal['edges']
@@ -320,7 +324,7 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
                   num_steps: int, sampler: str = 'ancestral', temperature=1.0,
                   score_temperature=1.0, clamp: bool = False, self_condition: str = '',
                   cond_tokens=None, known=None, label=None, guidance=1.0,
-                  branches: int = 0, trajectory: bool = False, mesh=None):
+                  branches: int = 0, trajectory: bool = False, mesh=None, bos_id=None):
   """Token ids (num_samples, seq_len) drawn by reverse diffusion through num_steps + 1
   log-SNRs at equal quantiles of the proposal (`noise.steps`). self_condition: '' (off),
   'previous' or 'fresh'.
@@ -339,8 +343,9 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
   position's predicted token distribution, each (steps, N, L).
 
   mesh: the samples are split over its data axis (data-parallel sampling, a per-device batch);
-  None keeps XLA's default placement.
+  None keeps XLA's default placement. bos_id: unused (every position is generated).
   """
+  del bos_id
   lam_steps = noise.steps(proposal, num_steps)
   E_VE = embedding_table(model, params)
   path = model.cfg.path
