@@ -82,10 +82,9 @@ def test_nelbo_of_the_exact_denoiser_is_the_nll_and_of_a_wrong_one_above():
   assert -4 * mc_many < many - entropy < 0.01 * entropy + 4 * mc_many, (many, entropy, mc_many)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _sample(denoise, key, n: int, steps: int):
-  return masked.unmask(denoise, key, jnp.zeros((n, L), jnp.int32), jnp.zeros((n, L), bool),
-                       steps)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _sample(denoise, key, known, steps: int):
+  return masked.unmask(denoise, key, jnp.zeros(known.shape, jnp.int32), known, steps)
 
 
 def _chi2_pvalue(samples, p):
@@ -97,12 +96,13 @@ def _chi2_pvalue(samples, p):
 def test_ancestral_sampler_with_the_exact_denoiser_draws_the_toy_distribution():
   p, n = _toy(), 4000
   assert n * p.min() > 5  # chi-square's rule of thumb
-  samples = _sample(_exact(p), jax.random.key(0), n, 200)
+  unknown = np.zeros((n, L), bool)
+  samples = _sample(_exact(p), jax.random.key(0), unknown, 200)
   assert _chi2_pvalue(samples, p) > 1e-3
   # the test can fail: the same samples are not the product of the marginals, and one step
   # (every token revealed at once, independently) does not draw the joint
   assert _chi2_pvalue(samples, np.prod(_marginals(p)[np.arange(L), SEQS], -1)) < 1e-6
-  assert _chi2_pvalue(_sample(_exact(p), jax.random.key(0), n, 1), p) < 1e-6
+  assert _chi2_pvalue(_sample(_exact(p), jax.random.key(0), unknown, 1), p) < 1e-6
 
 
 # ---- the real tiny Transformer ----------------------------------------------------------------

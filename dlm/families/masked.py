@@ -9,8 +9,7 @@ posterior of a masked token does not depend on t. SUBS parameterisation: the out
 V real tokens only (never the mask), visible tokens are carried through unchanged, and the
 loss counts masked positions only.
 
-Likelihood (the NELBO of MDLM and MD4): with the weight -alpha'_t / (1 - alpha_t) =
-1 / t,
+Likelihood (the NELBO of MDLM and MD4), with the weight -alpha'_t / (1 - alpha_t) = 1 / t:
 
   -log p(x) <= int_0^1 (1/t) E_{z_t}[sum over masked i of -log p(x_i | z_t)] dt,
 
@@ -19,10 +18,14 @@ the expectation over random orders of an any-order autoregressive factorisation 
 2024; Shi et al. 2024). t is drawn in [T_MIN, 1], where the weight 1/t stays bounded; below
 T_MIN the model reveals what is still masked at once, each position independently. That last
 step costs the `residual` term E[sum over positions masked at T_MIN of CE], about
-T_MIN * L * (the CE of one token given all the others): 1e-3 L nats, counted in the bound (by
-draws), so the bound stays one. The T-step bound is that of the T-step ancestral sampler:
-a step t -> s reveals each masked position with probability (t - s) / t, so its KL term is
-(t - s) / t * sum over masked i of CE at z_t, the last step (s = 0) revealing everything.
+T_MIN * L * (the CE of one token given all the others), about 1e-3 L nats; it is estimated
+and counted like the rest, so the reported number is still an upper bound. The T-step bound
+is that of the T-step ancestral sampler: a step t -> s reveals each masked position with
+probability (t - s) / t, so its KL term is (t - s) / t * sum over masked i of CE at z_t, the
+last step (s = 0) revealing everything. It is the right Riemann sum of the continuous
+integrand f(t) = sum_i E[CE_i | i masked at t] on the grid, so it approaches the continuous
+bound as T grows, from above where f grows with t (the exact denoiser's does: less context,
+more uncertainty; coarse steps draw several tokens independently).
 
 Sampling runs that ancestral process from all-masked at t = 1 (or greedily by confidence,
 MaskGIT, Chang et al. 2022), reusing the denoiser's output while nothing changes (MDLM's
@@ -62,6 +65,7 @@ def init_noise(c, mcfg) -> None:
 
 
 def update_noise(noise_state, rows, step, c):
+  """Nothing to update: the schedule is fixed."""
   del rows, step, c
   return noise_state
 
@@ -265,14 +269,15 @@ def unmask(denoise, key, cond_tokens, known, num_steps: int, temperature=1.0,
   order='random' (ancestral): a step t -> s reveals each masked position with probability
   (t - s) / t (the exact reverse of the masking given the denoiser), to a token drawn from
   softmax(logits / temperature); the last step (s = 0) reveals all the rest. 'confidence'
-  (greedy, MaskGIT): each row reveals as many positions as the schedule expects to be left
-  masked no longer (its masked count minus round(free positions * s)), those whose drawn token
-  is the most probable; not a sample of the model's distribution.
+  (greedy, MaskGIT): each row reveals as many positions as the schedule unmasks in this step,
+  leaving round(free positions * s) masked, and picks those whose drawn token is the most
+  probable; its text is not a sample of the model's distribution.
 
   cache=True (MDLM): the denoiser has no time input, so when no position changed since its last
   forward the logits are reused and no forward runs (`lax.cond`; with a batch, a step is
-  skipped only when no row changed). With num_steps >> L most steps reveal nothing, so at most
-  about L + 1 forwards run whatever num_steps; the samples are those of cache=False.
+  skipped only when no row changed). Forwards run at the first step and after each step that
+  revealed something (at most L + 1 for one row), so with num_steps >> L most steps cost only
+  the draw; the samples are those of cache=False.
 
   trajectory=True also returns (ids with -1 at masked positions and the entropy of each
   position's predicted distribution, both (steps, N, L), and whether the step ran the
@@ -283,7 +288,7 @@ def unmask(denoise, key, cond_tokens, known, num_steps: int, temperature=1.0,
     raise ValueError(f'num_steps={num_steps}: the sampler needs at least one step')
   N, L = known.shape
   free_N = jnp.sum(~known, -1)
-  grid = jnp.linspace(1.0, 0.0, num_steps + 1)
+  grid = 1.0 - jnp.arange(num_steps + 1) / num_steps  # 1 ... 0, both ends exact
 
   def step(carry, xs):
     ids, masked, cached, stale = carry
