@@ -134,6 +134,8 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
 def binned_curve(level, ce, edges) -> dict:
   """Mean cross-entropy per token in bins of the corruption level (None where no draw fell)."""
   edges = np.asarray(edges)
+  finite = np.isfinite(ce)  # a draw that corrupted no position has no CE
+  level, ce = np.asarray(level)[finite], np.asarray(ce)[finite]
   centers = np.asarray(noise.centers(edges))
   b = np.asarray(noise.bin_index(edges, level))
   total, count = np.bincount(b, ce, len(centers)), np.bincount(b, minlength=len(centers))

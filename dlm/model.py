@@ -45,6 +45,8 @@ class ModelConfig:
   learn_embeddings: bool = True
   path: str = 'vp'
   conditioning: bool = False   # a learned marker for known (clean) positions
+  mask_token: bool = False     # a learned input for the other positions (the masked family's
+                               # [MASK]: their input is otherwise exactly zero)
   num_labels: int = 0          # label values for classifier-free guidance (0: no labels)
   dtype: str = 'float32'       # compute dtype of every matmul; parameters stay float32
   attention: str = 'xla'       # xla | cudnn (flash attention on NVIDIA GPUs, bf16 / fp16)
@@ -169,6 +171,8 @@ class Transformer(nn.Module):
       self.time_out = nn.Dense(cfg.n_embd, use_bias=False, dtype=cfg.dtype, name='time_out')
       if cfg.conditioning:
         self.known = self.param('known', nn.initializers.normal(1.0), (cfg.n_embd,))
+      if cfg.mask_token:
+        self.mask = self.param('mask', nn.initializers.normal(1.0), (cfg.n_embd,))
       if cfg.num_labels:  # one more row: "no label", for the unconditional half of guidance
         self.label_table = self.param('label', nn.initializers.normal(1.0),
                                       (cfg.num_labels + 1, cfg.n_embd))
@@ -226,6 +230,10 @@ class Transformer(nn.Module):
         if not cfg.conditioning:
           raise ValueError('known positions given to a model trained without conditioning')
         x_BLD = x_BLD + known_BL[..., None] * self.known
+        if cfg.mask_token:
+          # Without it a masked position's input is exactly zero, and so (zero-initialised
+          # head and output projections) is every gradient: training never starts.
+          x_BLD = x_BLD + (~known_BL)[..., None] * self.mask
       if cfg.num_labels:
         # Added to every position's input like a token embedding: a direct path. Through the
         # zero-initialised time modulation instead, a keyword label had no measurable effect

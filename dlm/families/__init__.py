@@ -9,22 +9,30 @@
 Training, evaluation, sampling, the experiments and the bench look a family up here and call
 the same functions on it; none of them tests which family it holds. Every module defines:
 
-  NAME, SUMMARY                       its key and one line for logs and reports
-  EXACT                               True when `bound` is the exact NLL (ar), else an upper bound
-  SAMPLE_OPTIONS                      the sampling options it takes (`dlm.sampling.OPTIONS`)
-  model_fields(c) -> dict             the `ModelConfig` fields the family fixes
-  init_noise(c, mcfg) -> dict|None    its part of the train state (`state['noise']`), if any
-  draw(key, tokens_BL, model, c, noise_state, patterns, condition) -> dict
-                                      the random inputs of a batch's loss, at the global shape
-  scored_positions(tokens_BL, d)      how many positions the loss averages over
+  NAME, SUMMARY          its key and one line for logs and reports
+  EXACT                  True when `bound` is the exact NLL (ar), False for an upper bound
+  INFILL                 whether it can fill gaps between known tokens (ar cannot)
+  LEVEL                  the corruption axis of its held-out CE curve (diffusion families)
+  SAMPLE_OPTIONS         the sampling options it takes (`dlm.sampling.OPTIONS`); SAMPLERS, where
+                         it takes `sampler`, the update rules it knows
+  model_fields(c)        the `ModelConfig` fields it fixes (causal, conditioning, ...)
+  flops_multiplier(c)    training FLOPs over the backbone's 6N + attention
+  init_noise(c, mcfg)    its part of the train state (`state['noise']`) or None;
+  update_noise(noise_state, rows, step, c)   that part after each step
+  draw(key, tokens_BL, model, c, proposal, patterns, condition) -> d
+                         the random inputs of a batch's loss, at the global batch shape
+  scored_positions(tokens_BL, d)             how many positions the loss averages over
   loss(params, model, tokens_BL, d, c, patterns, norm) -> (loss, (metrics, rows))
-  update_noise(noise_state, rows, step, c) -> dict     after each step (if init_noise gives one)
-  param_metrics(params, model) -> dict
-  bound(params, model, c, tokens_BL, prev_B, key, proposal, num_steps) -> dict
-                                      nats per sequence: {'nats': (B,), 'replicas': (B, 2) or
-                                      None, 'parts': {name: (B,)}, 'level', 'ce': (B, S)}
-  sample_tokens(params, key, proposal, *, model, num_samples, seq_len, options, cond_tokens,
-                known, label, branches, guidance, trajectory, mesh) -> ids (N, L)
+  param_metrics(params, model) -> dict       metrics of the weights alone
+  bound(params, model, c, tokens_BL, prev_B, key, proposal, num_steps=0) -> dict
+                         nats per sequence: {'nats': (B,), 'replicas': (B, 2) or None (two
+                         independent Monte-Carlo estimates), 'parts': {name: (B,)}, and for
+                         diffusion 'level', 'ce': (B, draws)}; num_steps = T: the T-step sampler's
+  describe_bound(c), level_edges(proposal)   what the bound is; bins of its CE curve
+  context_probe(params, model, c, tokens_BL, key, proposal, levels_K, clean_context) -> (K,)
+                         CE at probe positions with a corrupted or a clean context (None for ar)
+  sample_tokens(params, key, proposal, *, model, num_samples, seq_len, cond_tokens, known, label,
+                branches, guidance, trajectory, mesh, bos_id, **its options) -> ids (N, L)
 """
 
 import importlib

@@ -17,7 +17,7 @@ back to s < t a corrupted position is revealed (tau in (s, t]) with probability
 q(z_s | z_t, x). The model reveals with the same probability a token drawn from the denoiser's
 softmax and moves the rest by q(z_s | z_t, x0_hat), x0_hat = softmax(logits) @ E (CDCD).
 Sharing the reveal probability, the step's KL per corrupted position is the masked term plus
-the Gaussian one (the KL of two Gaussian posteriors of `dlm.evaluate`, Kingma et al. 2021):
+the Gaussian one (the KL of two Gaussian posteriors of `dlm.families.gaussian`, Kingma et al. 2021):
   (m(t) - m(s)) / m(t) CE + m(s) / m(t) 1/2 (SNR_s - SNR_t) ||x0 - x0_hat||^2,
 summed over the T steps of the grid t_k = 1 - k / T (the last, to s = 0, reveals all), plus
 the prior term below: the discrete bound of the T-step ancestral sampler. As s -> t the sum
@@ -48,8 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import (conditioning, denoiser, diffusion, evaluate, labels, losses, noise, samplers,
-                 sharding)
+from dlm import conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding
 from dlm.denoiser import embedding_table
 from dlm.model import Transformer
 
@@ -60,6 +59,9 @@ EXACT = False
 SAMPLE_OPTIONS = frozenset({'num_steps', 'sampler', 'temperature', 'score_temperature',
                             'self_condition', 'clamp', 'order'})
 ORDERS = ('random', 'confidence')
+SAMPLERS = samplers.SAMPLERS
+INFILL = True
+LEVEL = 'logsnr'  # the corruption level of the held-out CE curve: lam of the corrupted tokens
 T_MIN = 1e-3  # the continuous bound and training stop here (see the module docstring)
 
 
@@ -74,6 +76,22 @@ def coupling(proposal):
     lam = noise.sample(proposal, 1.0 - t)
     return lam, 1.0 / noise.density(proposal, lam)
   return lam_of
+
+
+def flops_multiplier(c) -> float:
+  """The self-conditioning pass: a forward (2N) over half the batch, beside 6N."""
+  return 7 / 6 if c.diffusion.self_condition else 1.0
+
+
+def describe_bound(c) -> str:
+  denoiser = 'two-pass self-conditioned denoiser' if c.diffusion.self_condition else 'denoiser'
+  return (f'continuous-time hybrid ELBO (CANDI-style masking + Gaussian noise) of the '
+          f'{denoiser}, t stratified, the log-SNR coupled to t by the run\'s noise proposal')
+
+
+def level_edges(proposal):
+  """Bins of the held-out CE curve: the proposal's log-SNR bins."""
+  return proposal['edges']
 
 
 def model_fields(c) -> dict:
@@ -94,7 +112,7 @@ def update_noise(noise_state, rows, step, c) -> dict:
 
 def draw(key, tokens_BL, model: Transformer, c, noise_state, patterns=None,
          condition: bool = True) -> dict:
-  """The random inputs of a batch's loss at the global batch shape (see `losses.draw`): t (B,)
+  """The random inputs of a batch's loss at the global batch shape (see `gaussian.draw`): t (B,)
   stratified over [T_MIN, 1], lam (B,) its log-SNR, u (B, L) (corrupted where u < m(t)), eps
   (B, L, E), even (B,); known (B, L) with condition_fraction > 0, dropped (B,) with a label.
   noise_state: the proposal q (`noise.proposal`)."""
@@ -156,7 +174,7 @@ def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=
 
 
 def param_metrics(params, model: Transformer) -> dict:
-  """The mean norm of the diffusion embeddings (`losses.param_metrics`)."""
+  """The mean norm of the diffusion embeddings (`gaussian.param_metrics`)."""
   return {'embed_norm': jnp.mean(jnp.linalg.norm(embedding_table(model, params), axis=-1))}
 
 
@@ -167,7 +185,7 @@ def bound_terms(denoise, E_VE, tokens_BL, key, num_samples: int, lam_of, num_ste
   per draw level (B, S) its log-SNR and ce (B, S) the mean CE per corrupted token (NaN where
   none is). lam_of: t -> (lam, |dlam/dt|) (`coupling`); mask_rate: t -> (m, m'), m(1) = 1.
   num_steps = 0: the continuous NELBO, t on randomly shifted lattices over [T_MIN, 1]
-  (`evaluate.lattice_draws`); T: the T-step discrete bound, one step drawn per draw, times T."""
+  (`diffusion.lattice_draws`); T: the T-step discrete bound, one step drawn per draw, times T."""
   x0_BLE = E_VE[tokens_BL]
   B, L = tokens_BL.shape
   k_res, k_u, k_draws = jax.random.split(key, 3)
@@ -208,7 +226,7 @@ def bound_terms(denoise, E_VE, tokens_BL, key, num_samples: int, lam_of, num_ste
     mean_ce = jnp.where(count_B > 0, jnp.sum(ce_BL, -1) / jnp.maximum(count_B, 1), jnp.nan)
     return None, (w_ce * jnp.sum(ce_BL, -1), w_sq * jnp.sum(sq_BL, -1), lam_B, mean_ce)
 
-  u_BS = evaluate.lattice_draws(k_u, B, num_samples)
+  u_BS = diffusion.lattice_draws(k_u, B, num_samples)
   S = u_BS.shape[1]
   _, (reveal_SB, gauss_SB, lam_SB, ce_SB) = jax.lax.scan(
       one, None, (u_BS.T, jax.random.split(k_draws, S)))
@@ -284,7 +302,7 @@ def context_probe(params, model: Transformer, c, tokens_BL, key, proposal, level
 
 def draw_tokens(key, logits_NLV, temperature=1.0):
   """(ids, their probabilities) drawn from softmax(logits / temperature) by inverse CDF, not
-  float32 Gumbel-max, which cannot reach the tail (`sampling.top_p_sample`)."""
+  float32 Gumbel-max, which cannot reach the tail (`ar.top_p_sample`)."""
   probs = jax.nn.softmax(logits_NLV.astype(jnp.float32) / temperature, -1)
   cdf = jnp.cumsum(probs, -1)
   u = jax.random.uniform(key, probs.shape[:-1] + (1,)) * cdf[..., -1:]
@@ -364,10 +382,11 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
                   num_steps: int, sampler: str = 'ancestral', temperature=1.0,
                   score_temperature=1.0, self_condition: str = '', clamp: bool = False,
                   order: str = 'random', cond_tokens=None, known=None, label=None,
-                  branches: int = 0, guidance=1.0, trajectory: bool = False, mesh=None):
+                  branches: int = 0, guidance=1.0, trajectory: bool = False, mesh=None,
+                  bos_id=None):
   """Token ids (num_samples, seq_len) by the reverse process from t = 1 to 0 in num_steps
   steps, lam(t) by the coupling to q. At each step the denoiser's logits (guidance branches
-  mixed as in `sampling.sample_tokens`: x0_hat mixed, the logits mixed for the reveals) give
+  mixed as in `gaussian.sample_tokens`: x0_hat mixed, the logits mixed for the reveals) give
   x0_hat = softmax(logits / temperature) @ E (score-tempered, or clamped to the argmax
   embedding), by which the positions that stay corrupted move (`samplers.step`: ancestral,
   ddim, dpm++2m); revealed tokens are drawn from softmax(logits / temperature), in `order`
@@ -377,7 +396,7 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
   first pass at the same input). branches: 0 (no label), 1 (the label), 2 (classifier-free
   guidance). trajectory=True also returns per step (ids, entropy) (steps, N, L): the revealed
   ids and the argmax elsewhere, the predicted distribution's entropy (0 where revealed).
-  mesh: rows split over its data axis like `sampling.sample_tokens`."""
+  mesh: rows split over its data axis like `gaussian.sample_tokens`."""
   N, L = num_samples, seq_len
   labels_G = [None]  # the conditional branch first, then "no label"
   if branches:

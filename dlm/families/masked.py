@@ -40,7 +40,6 @@ import optax
 
 from dlm import conditioning, diffusion, labels, sharding
 from dlm.denoiser import embedding_table
-from dlm.evaluate import lattice_draws
 from dlm.losses import token_ce
 from dlm.model import Transformer
 
@@ -49,6 +48,8 @@ SUMMARY = 'absorbing-state masking of tokens (MDLM / MD4), log-linear schedule'
 EXACT = False
 SAMPLE_OPTIONS = frozenset({'num_steps', 'temperature', 'order', 'cache'})
 ORDERS = ('random', 'confidence')
+INFILL = True
+LEVEL = 'masked fraction'  # the corruption level of the held-out CE curve: t
 
 T_MIN = 1e-3       # smallest time of the loss and the continuous bound (see `residual`)
 PROBE_STRIDE = 4   # every 4th position is a probe of `context_probe`
@@ -56,7 +57,20 @@ PROBE_STRIDE = 4   # every 4th position is a probe of `context_probe`
 
 def model_fields(c) -> dict:
   del c
-  return {'causal': False, 'conditioning': True, 'prior_logits': False}
+  return {'causal': False, 'conditioning': True, 'prior_logits': False, 'mask_token': True}
+
+
+def flops_multiplier(c) -> float:
+  return 1.0  # one forward and backward per row, no self-conditioning pass
+
+
+def describe_bound(c) -> str:
+  return 'continuous-time masked-diffusion ELBO (MDLM / MD4), stratified over t'
+
+
+def level_edges(proposal=None):
+  """Bins of the held-out CE curve: 20 equal bins of the masked fraction t."""
+  return jnp.linspace(0.0, 1.0, 21)
 
 
 def init_noise(c, mcfg) -> None:
@@ -91,7 +105,7 @@ def denoiser(params, model: Transformer, label_B=None):
 def draw(key, tokens_BL, model: Transformer, c, noise_state=None, patterns=None,
          condition: bool = True) -> dict:
   """The random inputs of one batch's loss at the global batch shape (their values do not
-  depend on the device split, see `losses.draw`): t (B,) stratified in [T_MIN, 1], u (B, L)
+  depend on the device split, see `gaussian.draw`): t (B,) stratified in [T_MIN, 1], u (B, L)
   uniforms (position i is masked when u < t); known (B, L) with conditioning, never masked;
   dropped (B,) with a label, the rows trained without it."""
   del noise_state
@@ -185,14 +199,14 @@ def bound_terms(denoise, tokens_BL, key, num_samples: int, num_steps: int = 0) -
   t of each draw, 'ce' (B, S) its mean CE per masked token (0 where it masked none)}.
 
   Randomised quasi-Monte Carlo: t from two shifted lattices of num_samples / 2 points per
-  sequence (`lattice_draws`), each replica an unbiased estimate of the whole bound (with one
+  sequence (`diffusion.lattice_draws`), each replica an unbiased estimate of the whole bound (with one
   draw of the residual each), so the Monte-Carlo error is sqrt(sum (r0 - r1)^2 / 4).
   num_steps = 0: continuous time on [T_MIN, 1] plus the residual. num_steps = T: the T-step
   bound on linspace(1, 0, T + 1), one step t -> s drawn uniformly per draw, weighted by
   T (t - s) / t; no residual (the last step reveals everything)."""
   B, L = tokens_BL.shape
   k_u, k_mask, k_res = jax.random.split(key, 3)
-  u_BS = lattice_draws(k_u, B, num_samples)
+  u_BS = diffusion.lattice_draws(k_u, B, num_samples)
   S = u_BS.shape[1]
   if num_steps:
     i_BS = jnp.minimum(jnp.floor(u_BS * num_steps), num_steps - 1)
@@ -329,7 +343,7 @@ def unmask(denoise, key, cond_tokens, known, num_steps: int, temperature=1.0,
 def sample_tokens(params, key, proposal=None, *, model, num_samples: int, seq_len: int,
                   num_steps: int, temperature=1.0, order: str = 'random', cache: bool = True,
                   cond_tokens=None, known=None, label=None, branches: int = 0, guidance=1.0,
-                  trajectory: bool = False, mesh=None):
+                  trajectory: bool = False, mesh=None, bos_id=None):
   """Token ids (num_samples, seq_len) from the model by `unmask` (order, cache, trajectory
   there; the trajectory's third part counts the forwards each step ran, guidance branches
   included). proposal is unused (the schedule is fixed).
@@ -338,8 +352,9 @@ def sample_tokens(params, key, proposal=None, *, model, num_samples: int, seq_le
   returned verbatim. Labels: branches = 0 (no label: the unconditional model), 1 (the
   conditional model with `label`) or 2 (classifier-free guidance, Ho & Salimans 2022: both
   forwards, mixed in logit space as l_u + guidance (l_c - l_u)). mesh: the samples are split
-  over its devices by rows (data-parallel sampling); None keeps XLA's default placement."""
-  del proposal
+  over its devices by rows (data-parallel sampling); None keeps XLA's default placement.
+  bos_id: unused (every position is generated)."""
+  del proposal, bos_id
   N = num_samples
   spread = ((lambda x: jax.lax.with_sharding_constraint(x, sharding.rows(N, mesh, 0, x.ndim)))
             if mesh is not None else (lambda x: x))
