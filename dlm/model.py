@@ -273,6 +273,15 @@ class Transformer(nn.Module):
     return self.head(rms_norm(x_B1D))[:, 0].astype(jnp.float32), cache
 
 
+def dummy_input(cfg: ModelConfig, batch: int = 1) -> tuple:
+  """Inputs of the model's shape, for `init` and `eval_shape`: token ids for a causal model,
+  (z, lam) for a denoiser."""
+  L = cfg.sequence_len
+  if cfg.causal:
+    return (jnp.zeros((batch, L), jnp.int32),)
+  return jnp.zeros((batch, L, cfg.diffusion_dim)), jnp.zeros((batch,))
+
+
 def empty_cache(cfg: ModelConfig, batch: int) -> dict:
   """Keys and values for every layer and position: {'k', 'v'} of shape (layers, B, S, H, K)."""
   shape = (cfg.n_layer, batch, cfg.sequence_len, cfg.n_head, cfg.head_dim)

@@ -42,7 +42,6 @@ import numpy as np
 
 from dlm import diffusion
 
-ALLOCATIONS = ('schedule', 'gumbel', 'adaptive')
 # The sampler's grid runs over these quantiles of q without its floor. At the clean end it stops
 # at the 99% point: the steps beyond it would each be charged for an SNR that grows like e^lambda
 # (on the quickstart, one last step from lambda + ln d = 2.9 to 5.1 cost 1.5 bits/token of the
@@ -176,18 +175,111 @@ def adaptive_mass(curve_K):
   return drop + 1e-12
 
 
+class Allocation:
+  """A run's noise allocation: how training draws log-SNRs, how q starts and how it follows the
+  running CE curve. One object per `diffusion.allocation` (`of`); the state it keeps is a plain
+  dict of arrays in the train state, so it is checkpointed and jitted like the rest:
+  {ce, weight: the running curve (K,); gumbel: (mu, beta, H); cdf, cdf_main, edges: q with and
+  without its floor (K + 1,)}. What uses q alone (the sampler's grid, the bound's importance
+  weights) reads it through the module functions `sample`, `density`, `steps`."""
+
+  def __init__(self, dc, diffusion_dim: int, vocab_size: int):
+    self.dc, self.diffusion_dim, self.vocab_size = dc, diffusion_dim, vocab_size
+
+  def init(self) -> dict:
+    dc = self.dc
+    edges = make_edges(dc, self.diffusion_dim)
+    params = gumbel_guess(dc, self.diffusion_dim, self.vocab_size)
+    return {'ce': jnp.zeros((dc.proposal_bins,)), 'weight': jnp.zeros((dc.proposal_bins,)),
+            'gumbel': params, **_cdfs(self.initial_mass(edges, params), dc.proposal_floor),
+            'edges': jnp.asarray(edges)}
+
+  def initial_mass(self, edges, params):
+    """q's bin masses before any data: the Gumbel guess (adaptive starts there too)."""
+    return gumbel_mass(edges, params)
+
+  def draw(self, key, batch: int, q: dict):
+    """The batch's log-SNRs: q by inverse CDF of low-discrepancy u's (`diffusion.stratified`)."""
+    return sample(q, diffusion.stratified(key, batch))
+
+  def update(self, state: dict, lam_N, ce_N, step, weight_N=None) -> dict:
+    """Add this step's rows (lambda, mean CE per token, optional weight) to the running curve;
+    at refresh steps rebuild q from it. `step` is the step just completed (1-based)."""
+    dc = self.dc
+    K = dc.proposal_bins
+    b = bin_index(state['edges'], lam_N)
+    w_N = jnp.ones_like(ce_N) if weight_N is None else weight_N
+    new = dict(state,
+               ce=dc.proposal_ema * state['ce'] + jnp.zeros((K,)).at[b].add(ce_N * w_N),
+               weight=dc.proposal_ema * state['weight'] + jnp.zeros((K,)).at[b].add(w_N))
+    refresh = (step % dc.proposal_refresh == 0) & (jnp.sum(new['weight'] > 0) >= 4)
+    return jax.lax.cond(refresh, self.rebuild, lambda new: new, new)
+
+  def rebuild(self, state: dict) -> dict:
+    """q refitted to the running curve: (Gumbel parameters, bin masses) from `refit`."""
+    params, mass = self.refit(state)
+    return dict(state, gumbel=params, **_cdfs(mass, self.dc.proposal_floor))
+
+  def refit(self, state: dict):
+    raise NotImplementedError
+
+  def summary(self, state: dict) -> dict:
+    """The running CE curve and the proposal, as plain lists for metrics.jsonl and reports."""
+    curve = np.asarray(ce_curve(state))
+    return {'logsnr': [round(float(x), 4) for x in np.asarray(centers(state['edges']))],
+            'ce': [None if not np.isfinite(x) else round(float(x), 5) for x in curve],
+            'q': [round(float(x), 6) for x in np.asarray(bin_densities(state))]}
+
+
+class Schedule(Allocation):
+  """The seed's: times uniform on the T-step grid of the noise schedule; q is the density that
+  schedule induces on lambda, and never changes."""
+
+  def initial_mass(self, edges, params):
+    return jnp.asarray(schedule_mass(self.dc, edges), jnp.float32)
+
+  def draw(self, key, batch: int, q: dict):
+    dc = self.dc
+    return diffusion.logsnr(diffusion.grid_times(key, batch, dc.diffusion_steps),
+                            dc.noise_schedule)
+
+  def rebuild(self, state: dict) -> dict:
+    return state  # the curve is kept for the plots; q stays the schedule's
+
+
+class Gumbel(Allocation):
+  """LangFlow's: q = Gumbel(mu, beta) over -lambda, refitted to the running curve."""
+
+  def refit(self, state: dict):
+    curve = ce_curve(state)
+    seen = jnp.isfinite(curve)
+    params = fit_gumbel(state['gumbel'], -centers(state['edges']), jnp.where(seen, curve, 0.0),
+                        jnp.where(seen, state['weight'], 0.0))
+    return params, gumbel_mass(state['edges'], params)
+
+  def summary(self, state: dict) -> dict:
+    fitted = (float(x) for x in np.asarray(state['gumbel']))
+    return {**super().summary(state), 'gumbel': dict(zip(('mu', 'beta', 'h'), fitted))}
+
+
+class Adaptive(Allocation):
+  """CDCD / InfoNoise: q follows the drop of the monotone running curve, bin by bin."""
+
+  def refit(self, state: dict):
+    return state['gumbel'], adaptive_mass(ce_curve(state))
+
+
+ALLOCATIONS = {'schedule': Schedule, 'gumbel': Gumbel, 'adaptive': Adaptive}
+
+
+def of(dc, diffusion_dim: int, vocab_size: int = 0) -> Allocation:
+  """The allocation `dc.allocation` names (the one place that reads it)."""
+  return ALLOCATIONS[dc.allocation](dc, diffusion_dim, vocab_size)
+
+
 def init_state(dc, diffusion_dim: int, vocab_size: int) -> dict:
-  """{ce, weight: the running curve (K,); gumbel: (mu, beta, H); cdf, cdf_main, edges: q with
-  and without its floor (K + 1,)}."""
-  K = dc.proposal_bins
-  edges = make_edges(dc, diffusion_dim)
-  params = gumbel_guess(dc, diffusion_dim, vocab_size)
-  if dc.allocation == 'schedule':
-    mass = jnp.asarray(schedule_mass(dc, edges), jnp.float32)
-  else:  # the adaptive proposal also starts from the Gumbel guess until it has data
-    mass = gumbel_mass(edges, params)
-  return {'ce': jnp.zeros((K,)), 'weight': jnp.zeros((K,)), 'gumbel': params,
-          **_cdfs(mass, dc.proposal_floor), 'edges': jnp.asarray(edges)}
+  """The allocation's state before training (`Allocation.init`)."""
+  return of(dc, diffusion_dim, vocab_size).init()
 
 
 def proposal(state: dict) -> dict:
@@ -196,32 +288,8 @@ def proposal(state: dict) -> dict:
 
 
 def update(state: dict, lam_N, ce_N, step, dc, weight_N=None) -> dict:
-  """Add this step's rows (lambda, mean CE per token, optional weight) to the running curve;
-  at refresh steps rebuild the proposal from it. `step` is the step just completed (1-based)."""
-  K = dc.proposal_bins
-  edges = state['edges']
-  b = bin_index(edges, lam_N)
-  decay = dc.proposal_ema
-  w_N = jnp.ones_like(ce_N) if weight_N is None else weight_N
-  new = dict(state,
-             ce=decay * state['ce'] + jnp.zeros((K,)).at[b].add(ce_N * w_N),
-             weight=decay * state['weight'] + jnp.zeros((K,)).at[b].add(w_N))
-  if dc.allocation == 'schedule':
-    return new
-
-  def rebuild(new):
-    curve = ce_curve(new)
-    if dc.allocation == 'gumbel':
-      seen = jnp.isfinite(curve)
-      params = fit_gumbel(new['gumbel'], -centers(edges), jnp.where(seen, curve, 0.0),
-                          jnp.where(seen, new['weight'], 0.0))
-      mass = gumbel_mass(edges, params)
-    else:
-      params, mass = new['gumbel'], adaptive_mass(curve)
-    return dict(new, gumbel=params, **_cdfs(mass, dc.proposal_floor))
-
-  refresh = (step % dc.proposal_refresh == 0) & (jnp.sum(new['weight'] > 0) >= 4)
-  return jax.lax.cond(refresh, rebuild, lambda new: new, new)
+  """`Allocation.update` of dc's allocation (its bins are in the state)."""
+  return of(dc, 0).update(state, lam_N, ce_N, step, weight_N)
 
 
 def sample(q: dict, u):
@@ -247,11 +315,5 @@ def steps(q: dict, num_steps: int):
 
 
 def summary(state: dict, dc) -> dict:
-  """The running CE curve and the proposal, as plain lists for metrics.jsonl and reports."""
-  curve = np.asarray(ce_curve(state))
-  out = {'logsnr': [round(float(x), 4) for x in np.asarray(centers(state['edges']))],
-         'ce': [None if not np.isfinite(x) else round(float(x), 5) for x in curve],
-         'q': [round(float(x), 6) for x in np.asarray(bin_densities(state))]}
-  if dc.allocation == 'gumbel':
-    out['gumbel'] = dict(zip(('mu', 'beta', 'h'), (float(x) for x in np.asarray(state['gumbel']))))
-  return out
+  """`Allocation.summary` of dc's allocation."""
+  return of(dc, 0).summary(state)

@@ -14,15 +14,8 @@ import jax.numpy as jnp
 import optax
 
 from dlm import families, noise
-from dlm.model import ModelConfig, Transformer
+from dlm.model import ModelConfig, Transformer, dummy_input
 from dlm.optim import make_optimizer
-
-
-def dummy_input(mcfg: ModelConfig, batch: int = 1):
-  L = mcfg.sequence_len
-  if mcfg.causal:
-    return (jnp.zeros((batch, L), jnp.int32),)
-  return jnp.zeros((batch, L, mcfg.diffusion_dim)), jnp.zeros((batch,))
 
 
 def create(mcfg: ModelConfig, c):

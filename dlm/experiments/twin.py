@@ -12,8 +12,7 @@ import copy
 import jax
 
 from dlm import config as config_lib
-from dlm.model import Transformer, count_params
-from dlm.state import dummy_input
+from dlm.model import Transformer, count_params, dummy_input
 from dlm.tokenizer import VOCAB_MULTIPLE
 
 

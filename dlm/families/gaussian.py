@@ -89,15 +89,6 @@ def update_noise(noise_state, rows, step, c) -> dict:
 
 # ---- training ------------------------------------------------------------------------------
 
-def training_logsnr(key, batch: int, dc, proposal):
-  """The batch's log-SNRs: the schedule on its T-step grid (allocation=schedule) or the run's
-  proposal q by inverse CDF; low-discrepancy over the batch either way."""
-  if dc.allocation == 'schedule':
-    return diffusion.logsnr(diffusion.grid_times(key, batch, dc.diffusion_steps),
-                            dc.noise_schedule)
-  return noise.sample(proposal, diffusion.stratified(key, batch))
-
-
 def draw(key, tokens_BL, model: Transformer, c, proposal=None, patterns=None,
          condition: bool = True) -> dict:
   """The random inputs of one batch's loss, drawn at the shape of the whole (global) batch:
@@ -114,7 +105,7 @@ def draw(key, tokens_BL, model: Transformer, c, proposal=None, patterns=None,
   k_t, k_eps, k_cond = jax.random.split(key, 3)
   k_known, k_drop = jax.random.split(k_cond)
   B, L = tokens_BL.shape
-  d = {'lam': training_logsnr(k_t, B, dc, proposal),
+  d = {'lam': noise.of(dc, model.cfg.diffusion_dim).draw(k_t, B, proposal),
        'eps': jax.random.normal(k_eps, (B, L, model.cfg.diffusion_dim)),
        'even': jnp.arange(B) % 2 == 0}
   d.update(conditions(k_known, k_drop, tokens_BL, model, c, patterns, condition))
