@@ -1,14 +1,17 @@
 """compare and ablate on a tiny preset: scorer, runs, evaluation, reports with every section;
-and the rules that decide when a report may print a diffusion bound as a result."""
+the rules that decide when a report may print a diffusion bound as a result; and gen-PPL read
+at held-out text's entropy."""
 
 import json
 import math
 import os
+import types
 
 import pytest
 
 from conftest import tiny_config
 from dlm import samplers
+from dlm.errors import DlmError
 from dlm.experiments import ablate, common, compare, significance
 
 FLAG = '⚠ not significant'
@@ -17,8 +20,13 @@ FLAG = '⚠ not significant'
 @pytest.fixture(scope='module')
 def compared(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('compare')
-  compare.compare(tiny_config(), str(workdir), preset='tiny', log=lambda *a, **k: None)
+  compare.compare(tiny_config(), str(workdir), preset='tiny', names=('gaussian',),
+                  log=lambda *a, **k: None)
   return workdir
+
+
+def _results(workdir) -> dict:
+  return json.loads((workdir / 'results.json').read_text())
 
 
 def test_compare_writes_a_report_with_every_section_filled(compared):
@@ -26,16 +34,19 @@ def test_compare_writes_a_report_with_every_section_filled(compared):
   report = (tmp_path / 'report.md').read_text()
   assert 'nan' not in report.lower()
   for png in ('loss_curves', 'bound_vs_tokens', 'genppl_vs_entropy', 'quality_vs_steps',
-              'ce_vs_logsnr', 'wall_time'):
+              'ce_vs_level', 'wall_time'):
     assert (tmp_path / f'{png}.png').stat().st_size > 1000
     assert f'({png}.png)' in report
-  r = json.loads((tmp_path / 'results.json').read_text())
-  d, a = r['families']['diffusion'], r['families']['autoregressive']
+  r = _results(tmp_path)
+  assert list(r['families']) == ['gaussian', 'ar']  # the twin under its family's name
+  d, a = r['families']['gaussian'], r['families']['ar']
+  assert (d['exact'], a['exact']) == (False, True)
   assert d['final']['likelihood'].startswith('upper')
   assert a['final']['likelihood'].startswith('exact')
   assert d['final']['likelihood'] in report  # what the bound describes is printed beside it
   assert d['final']['eval_bytes'] == a['final']['eval_bytes']  # the same held-out tokens
   assert d['final']['discrete_bits_per_byte'] > 0 and len(d['checkpoints']) == 2
+  assert d['final']['level'] == 'logsnr' and len(d['final']['heldout_ce_vs_level']['ce']) > 1
   for fam in (d, a):
     assert all(math.isfinite(q['gen_ppl']) for q in fam['temperature_sweep'])
     assert fam['speed']['samples_per_sec_batch_1'] > 0 and fam['tokens_per_sec'] > 0
@@ -49,7 +60,7 @@ def test_compare_writes_a_report_with_every_section_filled(compared):
   sizes = _section(report, '## Model sizes and speed')
   likelihood = _section(report, '## Likelihood on the same held-out tokens')
   quality = _section(report, '## Sample quality')
-  for name, fam in (('diffusion', d), ('autoregressive', a)):
+  for name, fam in (('gaussian', d), ('ar', a)):
     assert f'| {name} | {fam["n_layer"]} × {fam["n_embd"]} | {fam["non_embedding_params"]:,} |' \
         in sizes
     assert f'{fam["final"]["bits_per_byte"]:.3f} ± ' in likelihood
@@ -58,10 +69,11 @@ def test_compare_writes_a_report_with_every_section_filled(compared):
             in quality)
   assert f'{d["final"]["eval_tokens"]:,} tokens' in likelihood
   assert f'(T={d["final"]["discrete_steps"]})' in likelihood
-  assert f'that of the {d["final"]["discrete_steps"]}-step' in likelihood
+  assert f'its {d["final"]["discrete_steps"]}-step sampler' in likelihood
   examples = _section(report, '## One sample each')
   assert f'```\n{d["example"]}\n```' in examples and f'```\n{a["example"]}\n```' in examples
-  assert '![ce_vs_logsnr.png](ce_vs_logsnr.png)' in _section(report, '## Cross-entropy vs log-SNR')
+  assert '![ce_vs_level.png](ce_vs_level.png)' in _section(report,
+                                                           '## Cross-entropy vs corruption level')
 
 
 def _section(report: str, title: str) -> str:
@@ -71,23 +83,67 @@ def _section(report: str, title: str) -> str:
   return body.split('\n## ', 1)[0]
 
 
+def _cells(section: str, first: str) -> list[str]:
+  """The cells of the table row whose first cell is `first`."""
+  line = next(x for x in section.splitlines() if x.startswith(f'| {first} |'))
+  return [c.strip() for c in line.strip('|').split('|')]
+
+
+def test_the_family_table_holds_each_familys_figures_from_results(compared):
+  r = _results(compared)
+  table = _section((compared / 'report.md').read_text(), '## Families side by side')
+  a = r['families']['ar']
+  mid = compare.CONTEXT_LEVELS[len(compare.CONTEXT_LEVELS) // 2]
+  assert f'context gain at {mid:g}' in table
+  for name, fam in r['families'].items():
+    f, m = fam['final'], fam['matched_entropy']
+    t1 = next(q for q in fam['temperature_sweep'] if q['temperature'] == 1.0)
+    cells = _cells(table, name)
+    assert cells[1].startswith(('= ' if fam['exact'] else '≤ ') + f'{f["bits_per_byte"]:.3f} ± ')
+    assert cells[2].startswith(f'{f["bits_per_byte"] / a["final"]["bits_per_byte"]:.3f}×')
+    assert cells[4] == f'{t1["gen_ppl"]:.2f}'
+    assert cells[5].startswith(f'{m["gen_ppl"]:.2f} (T')
+    assert f'{m["temperature"]:.2f}' in cells[5] or f'{m["temperature"]:g}' in cells[5]
+    assert cells[6] == f'{t1["unigram_entropy"]:.3f}'
+    assert cells[8] == f'{fam["speed"]["samples_per_sec_batch_1"]:.2f}'
+    if fam['exact']:
+      assert cells[2] == '1.000×' and cells[3] == '–' and cells[7] == '–'
+      assert fam['context'] is None
+    else:
+      assert cells[3].startswith(f'≤ {f["discrete_bits_per_byte"]:.3f} ± ')
+      i = fam['context']['level'].index(mid)
+      assert cells[7].startswith(f'{fam["context"]["gain"][i]:.3f}')
+  held = _cells(table, 'held-out text')
+  assert held[4] == f'{r["held_out"]["gen_ppl"]:.2f}'
+
+
+def test_compare_probes_context_on_the_held_out_windows(compared):
+  """Clean context can only help a trained denoiser little at six steps, but the probe's
+  figures are finite, paired, and the gain is their difference."""
+  c = _results(compared)['families']['gaussian']['context']
+  assert c['level'] == list(compare.CONTEXT_LEVELS)
+  for clean, corrupted, gain in zip(c['clean'], c['corrupted'], c['gain']):
+    assert math.isfinite(clean) and math.isfinite(corrupted) and clean > 0
+    assert gain == pytest.approx(corrupted - clean, abs=1e-6)
+
+
 def test_compare_sweeps_every_sampler_over_the_step_counts(compared):
-  r = json.loads((compared / 'results.json').read_text())
-  steps = r['families']['diffusion']['steps_sweep']
+  r = _results(compared)
+  steps = r['families']['gaussian']['steps_sweep']
   swept = {(q['sampler'], q['num_steps']) for q in steps}
   assert swept == {(s, n) for s in samplers.SAMPLERS for n in common.PRESETS['tiny']['num_steps']}
   assert all(q['temperature'] == 1.0 and math.isfinite(q['gen_ppl']) for q in steps)
-  assert r['families']['autoregressive']['steps_sweep'] == []
+  assert r['families']['ar']['steps_sweep'] == []
   report = (compared / 'report.md').read_text()
-  assert all(f'| {s} |' in report for s in samplers.SAMPLERS)  # a table row per sampler
+  assert all(f'| gaussian {s} |' in report for s in samplers.SAMPLERS)  # a row per sampler
   assert 'not swept' in report  # the tiny preset has no 32- and 256-step points to divide
 
 
 def test_compare_flags_the_tiny_presets_noisy_bound(compared):
   """Six training steps and two draws per sequence: the bound is noise beside the AR NLL, and
   the report must say so instead of presenting the ratio as a result."""
-  r = json.loads((compared / 'results.json').read_text())
-  d, a = r['families']['diffusion']['final'], r['families']['autoregressive']['final']
+  r = _results(compared)
+  d, a = r['families']['gaussian']['final'], r['families']['ar']['final']
   assert d['bits_per_token_mc_stderr'] > 0
   flag = significance.vs_exact(d, a)
   assert flag.startswith(FLAG)
@@ -95,6 +151,46 @@ def test_compare_flags_the_tiny_presets_noisy_bound(compared):
   headline = next(line for line in report.splitlines() if line.startswith('**Headline.**'))
   assert FLAG in headline and 'met' not in headline.split(FLAG)[0]
   assert flag in report
+
+
+def _sweep(*points):
+  return [{'temperature': t, 'unigram_entropy': h, 'gen_ppl': p} for t, h, p in points]
+
+
+def test_matched_entropy_interpolates_log_gen_ppl_between_bracketing_points():
+  sweep = _sweep((0.6, 4.0, 10.0), (0.8, 5.0, 100.0), (1.0, 6.0, 1000.0))
+  m = compare.matched_entropy(sweep, 5.5)
+  assert m['bracketed'] and m['unigram_entropy'] == 5.5
+  assert m['gen_ppl'] == pytest.approx(math.sqrt(100.0 * 1000.0))  # halfway in log
+  assert m['temperature'] == pytest.approx(0.9)
+  m = compare.matched_entropy(sweep, 4.25)
+  assert m['gen_ppl'] == pytest.approx(10.0 * 10 ** 0.25)
+  assert m['temperature'] == pytest.approx(0.65)
+  assert compare.matched_entropy(sweep, 5.0)['gen_ppl'] == pytest.approx(100.0)  # on a point
+  # Entropy that dips with temperature (sampling noise): the first segment that brackets it.
+  noisy = _sweep((0.6, 4.0, 10.0), (0.8, 6.0, 100.0), (1.0, 5.0, 1000.0))
+  assert compare.matched_entropy(noisy, 5.5)['temperature'] == pytest.approx(0.75)
+
+
+def test_matched_entropy_flags_a_sweep_that_does_not_reach_held_out_text():
+  sweep = _sweep((0.6, 4.0, 10.0), (1.0, 5.0, 100.0))
+  above = compare.matched_entropy(sweep, 5.3)
+  assert not above['bracketed'] and above['side'] == 'above'
+  assert (above['temperature'], above['gen_ppl'], above['unigram_entropy']) == (1.0, 100.0, 5.0)
+  below = compare.matched_entropy(sweep, 3.0)
+  assert not below['bracketed'] and below['side'] == 'below' and below['temperature'] == 0.6
+
+
+def test_family_flags_and_sample_options():
+  assert common.parse_families('') == common.DIFFUSION
+  assert common.parse_families('gaussian, gaussian') == ('gaussian',)
+  for bad in ('ar', 'gaussian,nope'):
+    with pytest.raises(DlmError):
+      common.parse_families(bad)
+  ar_run = types.SimpleNamespace(model_config=types.SimpleNamespace(family='ar'))
+  assert common.sample_options(ar_run, {'sampler': 'ddim', 'temperature': 0.9}) == {
+      'temperature': 0.9}
+  assert ablate.SWEEPS['family'] == [(f, {'model.family': f}) for f in common.DIFFUSION]
 
 
 def _final(bpt, se=0.01, mc=0.01):
@@ -144,8 +240,8 @@ def test_ablate_a_sampling_only_sweep_trains_once_and_reports_each_variant(compa
   assert [v['quality']['sampler'] for v in r['variants']] == names
   report = (tmp_path / 'report.md').read_text()
   assert all(f'| {name} |' in report for name in names) and 'nan' not in report.lower()
-  assert '(MC ±' in report and '## Cross-entropy vs log-SNR' in report
-  for png in ('bits_per_byte', 'loss_curves', 'ce_vs_logsnr'):
+  assert '(MC ±' in report and '## Cross-entropy vs corruption level' in report
+  for png in ('bits_per_byte', 'loss_curves', 'ce_vs_level'):
     assert (tmp_path / f'{png}.png').stat().st_size > 1000
   for v in r['variants']:
     assert v['final']['bits_per_byte'] > 0 and math.isfinite(v['quality']['gen_ppl'])

@@ -1,5 +1,6 @@
-"""infill on the tiny preset: both families fill the same windows' gaps, the known tokens stay
-as they were, and the report, plot and results hold finite figures for every gap that fits."""
+"""infill on the tiny preset: each diffusion family and the AR twin fill the same windows' gaps,
+the known tokens stay as they were, and the report, plot and results hold finite figures for
+every gap that fits, with each family's paired difference to the twin."""
 
 import json
 import math
@@ -19,8 +20,7 @@ GAPS = (2, 4, 14)  # 14 does not fit 16-token windows (n < L - 2)
 def filled(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('infill')
   r = infill.infill(tiny_config(**{'diffusion.condition_fraction': 0.25}), str(workdir),
-                    preset='tiny', gaps=GAPS,
-                    log=lambda *a, **k: None)
+                    preset='tiny', names=('gaussian',), gaps=GAPS, log=lambda *a, **k: None)
   return workdir, r
 
 
@@ -33,16 +33,23 @@ def test_infill_writes_report_plot_and_finite_results(filled):
   r = json.loads((workdir / 'results.json').read_text())
   assert [g['gap'] for g in r['gaps']] == [2, 4] and r['gaps_skipped'] == [14]
   assert r['num_windows'] == infill.NUM_WINDOWS['tiny']
+  assert (r['families'], r['twin']) == (['gaussian'], 'ar')
+  assert infill.rows_of(r) == ('original', 'gaussian', 'ar')
   for g in r['gaps']:
     assert g['start'] == (16 - g['gap']) // 2
-    assert g['settings']['diffusion']['known_by'] == 'trained'  # trained with known tokens
-    for row in infill.ROWS:
+    assert g['settings']['gaussian']['known_by'] == 'trained'  # trained with known tokens
+    assert g['settings']['ar']['family'] == 'ar'
+    for row in infill.rows_of(r):
       for region in infill.REGIONS:
         x = g['rows'][row][region]
         assert math.isfinite(x['mean']) and x['mean'] > 0 and math.isfinite(x['se'])
-    for family in infill.FAMILIES:
+    for family in ('gaussian', 'ar'):
       assert 0 <= g['rows'][family]['exact']['mean'] <= 1
-    assert g['diffusion_minus_ar']['window']['verdict'] in report
+    d = g['minus_ar']['gaussian']['window']
+    assert d['mean'] == pytest.approx(g['rows']['gaussian']['window']['mean']
+                                      - g['rows']['ar']['window']['mean'])
+    assert f'| {g["gap"]} | gaussian | {d["mean"]:+.3f} ± {d["se"]:.3f}' in report
+    assert d['verdict'] in ('gaussian better', 'AR better', 'no significant difference')
 
 
 def test_fills_keep_the_known_tokens_and_stay_in_the_vocabulary(filled):
@@ -50,13 +57,13 @@ def test_fills_keep_the_known_tokens_and_stay_in_the_vocabulary(filled):
   fills = np.load(workdir / 'fills.npz')
   original = fills['original']
   assert original.shape == (infill.NUM_WINDOWS['tiny'], 16)
-  tok = Tokenizer.load(str(workdir / 'diffusion' / 'tokenizer'))
+  tok = Tokenizer.load(str(workdir / 'gaussian' / 'tokenizer'))
   assert (original[:, 0] == tok.bos_id).all()  # every window starts a document
   for g in r['gaps']:
     a, n = g['start'], g['gap']
     gap = np.zeros(16, bool)
     gap[a:a + n] = True
-    for family in infill.FAMILIES:
+    for family in ('gaussian', 'ar'):
       rows = fills[f'{family}_gap_{n}']
       assert rows.shape == original.shape
       np.testing.assert_array_equal(rows[:, ~gap], original[:, ~gap])
@@ -65,24 +72,40 @@ def test_fills_keep_the_known_tokens_and_stay_in_the_vocabulary(filled):
 
 
 def test_given_runs_are_reused_without_a_config(filled, tmp_path):
-  """--scorer_workdir / --diffusion_workdir / --ar_workdir: nothing trained, and the same seed
-  and windows give the same fills."""
+  """--scorer_workdir / --run_workdirs: nothing trained, and the same seed and windows give the
+  same fills."""
   workdir, r = filled
-  again = infill.infill(None, str(tmp_path), preset='tiny', gaps=(2,),
-                        scorer_workdir=str(workdir / 'scorer'),
-                        diffusion_workdir=str(workdir / 'diffusion'),
-                        ar_workdir=str(workdir / 'autoregressive'), log=lambda *a, **k: None)
+  given = infill.parse_workdirs(f'gaussian={workdir / "gaussian"}, ar={workdir / "ar"}')
+  again = infill.infill(None, str(tmp_path), preset='tiny', names=('gaussian',), gaps=(2,),
+                        scorer_workdir=str(workdir / 'scorer'), run_workdirs=given,
+                        log=lambda *a, **k: None)
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'fills.npz', 'infill_vs_gap.png', 'report.md', 'results.json']
   assert again['gaps'][0]['rows'] == r['gaps'][0]['rows']
 
 
-def test_gap_flags_are_checked():
+def test_gap_and_workdir_flags_are_checked():
   assert infill.parse_gaps('8, 16,32,8') == (8, 16, 32)
   for bad in ('8,x', '0,4', '-2'):
     with pytest.raises(DlmError):
       infill.parse_gaps(bad)
+  assert infill.parse_workdirs('') == {}
+  for bad in ('gaussian', 'nope=runs/x', 'ar='):
+    with pytest.raises(DlmError):
+      infill.parse_workdirs(bad)
   assert infill.fits(16, 13) and not infill.fits(16, 14)
+
+
+def test_paired_differences_name_the_better_model():
+  x, y = np.array([1.0, 1.1, 0.9, 1.0]), np.array([2.0, 2.1, 2.0, 1.9])
+  assert infill.difference(x, y, 'masked')['verdict'] == 'masked better'
+  assert infill.difference(y, x, 'masked')['verdict'] == 'AR better'
+  assert infill.difference(x, x + 0.01 * np.array([1, -1, 1, -1]), 'masked')['verdict'] == (
+      'no significant difference')
+  same = infill.difference(np.zeros(3), np.zeros(3), 'masked', lower_is_better=False)
+  assert same['verdict'] == 'no difference' and same['z'] is None
+  more = infill.difference(np.ones(3), np.zeros(3), 'masked', lower_is_better=False)
+  assert more['verdict'] == 'masked better'  # exact tokens: higher is better
 
 
 def test_windows_start_at_document_starts_without_overlap():

@@ -3,7 +3,8 @@
   python -m dlm.experiments.ablate --config configs/quickstart.py --sweep=allocation \
       --workdir runs/ablate_allocation --preset=cpu [--scorer_workdir=runs/compare/scorer]
 
-Sweeps: allocation (the seed's cosine schedule with uniform times / LangFlow's Gumbel /
+Sweeps: family (every diffusion family: gaussian / masked / hybrid, each with its own sample
+settings), allocation (the seed's cosine schedule with uniform times / LangFlow's Gumbel /
 the adaptive CE-following proposal), dim (diffusion_dim 16 / 32 / 64 / 128), path (vp / flow),
 sampler (ancestral / ddim / dpm++2m), steps (sampling steps 8 / 32 / 128 / 512),
 self_condition (off / previous / fresh), conditioning (0 / 10 / 25 / 50% of rows trained with
@@ -15,7 +16,8 @@ noise levels.
 
 Variants that differ only in `sample.*` settings share one trained model: each distinct set of
 training overrides trains once (its workdir is named after them, `base` for none) and is
-evaluated once; each variant then samples with its own settings. Like `compare`, the scorer is
+evaluated once; each variant then samples with its own settings, those of them its family takes
+(a `sample.sampler` means nothing to a family without samplers). Like `compare`, the scorer is
 trained first unless given, and every run reads its prepared tokens (and so its tokenizer) in
 place.
 """
@@ -33,6 +35,7 @@ from dlm.experiments import common, report
 
 SCHEDULE = {'diffusion.allocation': 'schedule'}  # the seed's uniform times on a schedule
 SWEEPS = {
+    'family': [(f, {'model.family': f}) for f in common.DIFFUSION],
     'allocation': [('cosine-uniform', {**SCHEDULE, 'diffusion.noise_schedule': 'cosine'}),
                    ('gumbel', {'diffusion.allocation': 'gumbel'}),
                    ('adaptive', {'diffusion.allocation': 'adaptive'})],
@@ -79,9 +82,7 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
   if sweep not in SWEEPS:
     raise DlmError(f'unknown sweep {sweep!r}; expected one of {sorted(SWEEPS)}')
   p = common.preset(preset)
-  base = common.apply(c, p['config'])
-  if base.model.family == 'ar':
-    base.model.family = 'gaussian'
+  base = common.diffusion_config(c, preset)
   os.makedirs(workdir, exist_ok=True)
   scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
   scorer = checkpoint.load_run(scorer_workdir)
@@ -96,11 +97,12 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
       runs[key] = train_and_evaluate(vc, os.path.join(workdir, key), scorer, log)
     log(f'== {sweep}: sampling {name}')
     g = runs[key]
+    options = common.sample_options(g['run'], settings)
     variants.append({
         'name': name, 'overrides': overrides, 'run': key, 'final': g['final'],
         **{k: g[k] for k in ('workdir', 'train_wall_s', 'tokens_per_sec', 'tokens_per_step')},
-        'quality': quality.sample_quality(g['run'], n, seed=1, scorer=scorer, **settings),
-        'samples_per_sec': quality.samples_per_second(g['run'], n, **settings)})
+        'quality': quality.sample_quality(g['run'], n, seed=1, scorer=scorer, **options),
+        'samples_per_sec': quality.samples_per_second(g['run'], n, **options)})
   results = {'sweep': sweep, 'preset': preset, 'command': command,
              'scorer_workdir': scorer_workdir, 'variants': variants,
              'runs': {k: {'workdir': g['workdir'], 'final': g['final'],

@@ -17,11 +17,15 @@ import ml_collections
 import numpy as np
 from absl import app, logging
 
-from dlm import checkpoint, data, evaluate, train
+from dlm import checkpoint, data, evaluate, families, train
 from dlm import config as config_lib
 from dlm.errors import DlmError
+from dlm.experiments import twin
+from dlm.families import ar
 
 SWEEP_STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)  # sampling steps, for every sampler
+# The families read against the AR twin: every one but the twin's own.
+DIFFUSION = tuple(f for f in families.FAMILIES if f != ar.NAME)
 PRESETS = {
     'tiny': dict(config={'train.num_iterations': 6, 'train.checkpoint_every': 3,
                          'train.keep_checkpoints': 5, 'train.eval_every': 0,
@@ -34,7 +38,11 @@ PRESETS = {
                         'train.checkpoint_every': 125, 'train.keep_checkpoints': 5,
                         'eval.eval_tokens': 8192, 'eval.batch_size': 32, 'eval.bound_samples': 32,
                         'sample.num_steps': 64},
-                num_samples=32, temperatures=(0.7, 0.85, 1.0), num_steps=SWEEP_STEPS),
+                # Temperatures down to 0.6, so the sweep usually brackets held-out text's
+                # unigram entropy (`compare.matched_entropy`); steps to 256 (with 32, the
+                # headline's pair), which keeps several families affordable on a laptop.
+                num_samples=32, temperatures=(0.6, 0.7, 0.8, 0.9, 1.0),
+                num_steps=(16, 32, 64, 256)),
     'full': dict(config={}, num_samples=64, temperatures=(0.6, 0.7, 0.8, 0.9, 1.0, 1.1),
                  num_steps=SWEEP_STEPS),
 }
@@ -52,6 +60,45 @@ def apply(c, overrides: dict):
     section, field = key.split('.')
     c[section][field] = value
   return c
+
+
+def diffusion_config(c, preset_name: str):
+  """c under the preset, with the default diffusion family where c is the AR twin's (exact):
+  the experiments read diffusion configs against their twin."""
+  c = apply(c, preset(preset_name)['config'])
+  if families.of(c.model).EXACT:
+    c.model.family = 'gaussian'
+  return c
+
+
+def parse_families(text: str) -> tuple[str, ...]:
+  """'gaussian,masked' -> ('gaussian', 'masked'); '' -> every diffusion family."""
+  names = tuple(dict.fromkeys(x.strip() for x in text.split(',') if x.strip())) or DIFFUSION
+  for name in names:
+    if name not in DIFFUSION:
+      raise DlmError(f'--families={text!r}: {name!r} is not a diffusion family; expected some '
+                     f'of {",".join(DIFFUSION)} (the AR twin is always trained)')
+  return names
+
+
+def family_configs(c, names) -> dict:
+  """{family: c with model.family set} for each of `names`, and under `ar` the AR twin of c's
+  Gaussian config (`twin.ar_twin`): one yardstick, whichever families are compared."""
+  out = {}
+  for name in names:
+    out[name] = copy.deepcopy(c)
+    out[name].model.family = name
+  gaussian = copy.deepcopy(c)
+  gaussian.model.family = 'gaussian'
+  out[ar.NAME] = twin.ar_twin(gaussian)
+  return out
+
+
+def sample_options(run, settings: dict) -> dict:
+  """The sample settings the run's family takes (its SAMPLE_OPTIONS): a sweep's `sample.*`
+  overrides apply to the families they mean something to, and `sampling` refuses the rest."""
+  takes = families.of(run.model_config).SAMPLE_OPTIONS
+  return {k: v for k, v in settings.items() if k in takes}
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:

@@ -45,9 +45,7 @@ def guidance(c, label_spec: str, workdir: str, preset: str = 'cpu', scorer_workd
   if any(w < 0 for w in scales):
     raise DlmError('guidance scales must be >= 0')
   p = common.preset(preset)
-  c = common.apply(c, p['config'])
-  if c.model.family == 'ar':
-    c.model.family = 'gaussian'
+  c = common.diffusion_config(c, preset)
   c.data.label = label_spec
   labels.check_spec(label_spec)
   os.makedirs(workdir, exist_ok=True)

@@ -1,29 +1,32 @@
-"""Infilling: blank the middle of held-out windows and fill it, diffusion vs its AR twin.
+"""Infilling: blank the middle of held-out windows and fill it, each diffusion family vs the AR
+twin.
 
   python -m dlm.experiments.infill --config configs/quickstart.py --workdir runs/infill \
-      --preset=cpu [--scorer_workdir=runs/scorer] [--diffusion_workdir=runs/compare/diffusion \
-      --ar_workdir=runs/compare/autoregressive] [--gaps=8,16,32] [--num_windows=64]
+      --preset=cpu [--families=gaussian,masked,hybrid] [--scorer_workdir=runs/compare/scorer] \
+      [--run_workdirs=gaussian=runs/compare/gaussian,ar=runs/compare/ar] [--gaps=8,16,32] \
+      [--num_windows=64]
 
 The windows are L tokens of the validation split, each starting at a document's `<|bos|>`
 (the AR sampler always starts there), taken in order without overlap. For a gap of n tokens
-the window keeps [0, a) and [a + n, L), a = (L - n) // 2, so both sides carry context. The
-diffusion model fills the gap seeing both sides (`sampling.sample_tokens` with the window as
-known tokens, held the way the run was trained for: `trained` with conditioning, `replace`
-otherwise); the AR twin sees only the left side and continues for n tokens
-(`sampling.sample_ar_tokens` with [0, a) as its prompt), after which the original right
-side is put back verbatim. Both at temperature 1 (the AR without nucleus truncation), one
-sample per window, the same windows and seed; diffusion with the run's sampler and steps.
+the window keeps [0, a) and [a + n, L), a = (L - n) // 2, so both sides carry context. Each
+diffusion family fills the gap seeing both sides (its `sample_tokens` with the window as known
+tokens, held the way the run was trained for: `trained` with conditioning, `replace`
+otherwise); the AR twin sees only the left side and continues for n tokens (`ar.sample_tokens`
+with [0, a) as its prompt), after which the original right side is put back verbatim. All at
+temperature 1 (the AR without nucleus truncation), one sample per window, the same windows and
+seed; each diffusion family with its run's own sample settings.
 
 The independent AR scorer (`common.ensure_scorer`) then scores every restored window, and the
 original windows the same way: per window, the mean NLL per token over the whole window
 (tokens 1 .. L - 1, each given the ones before it), over the gap, and over the n tokens after
 the gap (where an AR fill pays for never having seen the right side), so each figure has its
-standard error over windows; the diffusion - AR differences are paired (same windows).
+standard error over windows; each family's difference to the AR twin is paired (same windows).
 Also the fraction of gap tokens equal to the original's. `workdir/report.md`, its plot,
 `results.json` and the restored windows (`fills.npz`) hold everything.
 
-Training as in `compare` (the preset applied to --config; finished runs are reused), unless
---diffusion_workdir / --ar_workdir name trained runs; the scorer must share their tokenizer.
+Training as in `compare` (the preset applied to --config, each family in workdir/<family>, the
+twin in workdir/ar; finished runs are reused), except for the runs --run_workdirs names; the
+scorer must share their tokenizer.
 """
 
 import functools
@@ -41,12 +44,10 @@ from ml_collections import config_flags
 from dlm import checkpoint, data, families, quality, sampling
 from dlm.errors import DlmError
 from dlm.families import ar
-from dlm.experiments import common, report, twin
+from dlm.experiments import common, report
 
 plt = report.plt  # the Agg backend, as report.py sets it
 
-FAMILIES = ('diffusion', 'autoregressive')
-ROWS = ('original',) + FAMILIES
 REGIONS = ('window', 'gap', 'after', 'gap_after')
 GAPS = {'tiny': (2, 4), 'cpu': (8, 16, 32), 'full': (8, 16, 32)}
 NUM_WINDOWS = {'tiny': 8, 'cpu': 64, 'full': 256}
@@ -63,6 +64,18 @@ def parse_gaps(text: str) -> tuple[int, ...]:
   if any(n < 1 for n in gaps):
     raise DlmError(f'--gaps={text!r}: every gap must be >= 1 token')
   return tuple(dict.fromkeys(gaps))
+
+
+def parse_workdirs(text: str) -> dict:
+  """'gaussian=runs/g,ar=runs/a' -> {'gaussian': 'runs/g', 'ar': 'runs/a'}; '' -> {}."""
+  out = {}
+  for item in filter(None, (x.strip() for x in text.split(','))):
+    name, _, path = item.partition('=')
+    if name.strip() not in families.FAMILIES or not path.strip():
+      raise DlmError(f'--run_workdirs={text!r}: expected family=workdir pairs, families among '
+                     f'{",".join(families.FAMILIES)}')
+    out[name.strip()] = path.strip()
+  return out
 
 
 def gap_start(L: int, n: int) -> int:
@@ -134,7 +147,7 @@ def ar_fill(run, windows: np.ndarray, a: int, n: int, key, temperature: float,
         bos_id=run.tokenizer.bos_id, temperature=temperature, top_p=1.0,
         cond_tokens=jnp.asarray(rows), known=jnp.asarray(known))
     out[i:i + count, :T] = np.asarray(tokens)[:count]
-  return out, dict(family='autoregressive', temperature=temperature, top_p=1.0)
+  return out, dict(family=ar.NAME, temperature=temperature, top_p=1.0)
 
 
 def _mean_se(x: np.ndarray) -> dict:
@@ -166,61 +179,77 @@ def measure(nll: np.ndarray, spans: dict, gap_equal: np.ndarray | None) -> tuple
   return out, values
 
 
-def difference(x: np.ndarray, y: np.ndarray, lower_is_better: bool = True) -> dict:
-  """The paired difference x - y (diffusion - AR) over windows, with its standard error, z and
-  verdict (a result beyond Z standard errors)."""
+def difference(x: np.ndarray, y: np.ndarray, name: str, lower_is_better: bool = True) -> dict:
+  """The paired difference x - y (family `name` - the AR twin) over windows, with its standard
+  error, z and verdict (a result beyond Z standard errors)."""
   d = _mean_se(np.asarray(x) - np.asarray(y))
   if d['se'] > 0:
     d['z'] = d['mean'] / d['se']
     signed = -d['z'] if lower_is_better else d['z']
-    d['verdict'] = ('diffusion better' if signed >= Z else 'autoregressive better'
-                    if signed <= -Z else 'no significant difference')
+    better = True if signed >= Z else False if signed <= -Z else None
   else:  # the same difference in every window (e.g. neither recovers any gap token)
     d['z'] = None
-    better = d['mean'] < 0 if lower_is_better else d['mean'] > 0
-    d['verdict'] = ('no difference' if d['mean'] == 0 else
-                    'diffusion better' if better else 'autoregressive better')
+    better = None if d['mean'] == 0 else (d['mean'] < 0) == lower_is_better
+  d['verdict'] = {True: f'{name} better', False: 'AR better',
+                  None: 'no significant difference' if d['se'] > 0 else 'no difference'}[better]
   return d
 
 
-def _load(workdir: str, causal: bool, what: str):
+def _load(workdir: str, name: str):
+  """The run in workdir, checked to be of family `name`."""
   run = checkpoint.load_run(workdir)
-  if families.of(run.model_config).EXACT != causal:
-    raise DlmError(f'the {what} run in {workdir} is '
-                   f'{"not " if causal else ""}autoregressive (model.family)')
+  if run.model_config.family != name:
+    raise DlmError(f'the {name} run in {workdir} is model.family={run.model_config.family}')
   return run
 
 
-def _runs(c, workdir: str, preset: str, scorer_workdir: str, diffusion_workdir: str,
-          ar_workdir: str, log) -> tuple[dict, str]:
-  """({family: workdir}, scorer workdir): given runs as they are, the others trained (or
-  resumed) under workdir, on the data and tokenizer of the scorer (or given diffusion run)."""
-  workdirs = {'diffusion': diffusion_workdir, 'autoregressive': ar_workdir}
+def _runs(c, workdir: str, preset: str, scorer_workdir: str, names: tuple, given: dict,
+          log) -> tuple[dict, str]:
+  """({family: workdir} for names and the twin, scorer workdir): given runs as they are, the
+  others trained (or resumed) under workdir, on the data and tokenizer of the scorer (or of the
+  first given diffusion run)."""
+  workdirs = {name: given.get(name, '') for name in names + (ar.NAME,)}
   if all(workdirs.values()) and scorer_workdir:
     return workdirs, scorer_workdir
-  if diffusion_workdir:  # the twin and scorer of the given run, on its data
-    dc = common.on_data_of(checkpoint.load_run(diffusion_workdir).config, diffusion_workdir)
+  source = next((workdirs[name] for name in names if workdirs[name]), '')
+  if source:  # the other families, twin and scorer of the given run, on its data
+    base = common.on_data_of(checkpoint.load_run(source).config, source)
   else:
     if c is None:
       raise DlmError('--config is required to train the runs not given (e.g. '
                      'configs/quickstart.py)')
-    dc = common.apply(c, common.preset(preset)['config'])
-    if dc.model.family == 'ar':
-      dc.model.family = 'gaussian'
-  configs = {'diffusion': dc, 'autoregressive': twin.ar_twin(dc)}
-  scorer_workdir = common.ensure_scorer(dc, workdir, scorer_workdir, log)
-  for family in FAMILIES:
-    if not workdirs[family]:
-      workdirs[family] = os.path.join(workdir, family)
-      log(f'== training the {family} model')
-      common.train_run(common.on_data_of(configs[family], scorer_workdir), workdirs[family], log)
+    base = common.diffusion_config(c, preset)
+  configs = common.family_configs(base, names)
+  scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
+  for name, wd in workdirs.items():
+    if not wd:
+      workdirs[name] = os.path.join(workdir, name)
+      log(f'== training {name}')
+      common.train_run(common.on_data_of(configs[name], scorer_workdir), workdirs[name], log)
   return workdirs, scorer_workdir
 
 
+def _check(runs: dict, names: tuple, L: int, used: list, workdirs: dict) -> None:
+  """Every family fills gaps and reads the windows; the twin reads up to the widest gap's end."""
+  for name in names:
+    if not families.of(runs[name].model_config).INFILL:
+      raise DlmError(f'model.family={name} cannot fill a gap')
+    if runs[name].model_config.sequence_len != L:
+      raise DlmError(f'the {name} run reads {runs[name].model_config.sequence_len}-token '
+                     f'windows, the {names[0]} run {L}: compare runs of one sequence length')
+  widest = max(used, default=0)
+  twin_len = runs[ar.NAME].model_config.sequence_len
+  if widest and gap_start(L, widest) + widest > twin_len:
+    raise DlmError(f'the AR run in {workdirs[ar.NAME]} reads {twin_len} tokens, fewer than the '
+                   'windows need')
+
+
 def infill(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
-           diffusion_workdir: str = '', ar_workdir: str = '', gaps: tuple = (),
+           names: tuple = common.DIFFUSION, run_workdirs: dict | None = None, gaps: tuple = (),
            num_windows: int = 0, temperature: float = 1.0, seed: int = 0, log=print,
            command: str = '') -> dict:
+  """names: the diffusion families that fill the gaps beside the AR twin; run_workdirs:
+  {family or ar: workdir} of runs already trained."""
   common.preset(preset)
   gaps = tuple(gaps) or GAPS[preset]
   num_windows = num_windows or NUM_WINDOWS[preset]
@@ -229,40 +258,36 @@ def infill(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
   if temperature <= 0:
     raise DlmError(f'--temperature={temperature}: must be > 0')
   os.makedirs(workdir, exist_ok=True)
-  workdirs, scorer_workdir = _runs(c, workdir, preset, scorer_workdir, diffusion_workdir,
-                                   ar_workdir, log)
-  scorer = _load(scorer_workdir, True, 'scorer')
-  runs = {'diffusion': _load(workdirs['diffusion'], False, 'diffusion'),
-          'autoregressive': _load(workdirs['autoregressive'], True, 'autoregressive')}
-  L = runs['diffusion'].model_config.sequence_len
+  workdirs, scorer_workdir = _runs(c, workdir, preset, scorer_workdir, names,
+                                   run_workdirs or {}, log)
+  scorer = checkpoint.load_run(scorer_workdir)
+  runs = {name: _load(wd, name) for name, wd in workdirs.items()}
+  L = runs[names[0]].model_config.sequence_len
   for run in runs.values():
     quality.check_scorer(run, scorer, L)
   used = [n for n in gaps if fits(L, n)]
   skipped = [n for n in gaps if not fits(L, n)]
   if skipped:
     log(f'note: skipping gaps {skipped}: a gap must be shorter than L - 2 = {L - 2} tokens')
-  if max(used, default=0) and gap_start(L, max(used)) + max(used) > \
-      runs['autoregressive'].model_config.sequence_len:
-    raise DlmError(f'the AR run in {workdirs["autoregressive"]} reads '
-                   f'{runs["autoregressive"].model_config.sequence_len} tokens, fewer than '
-                   'the windows need')
+  _check(runs, names, L, used, workdirs)
 
-  windows = bos_windows(data.val_tokens(workdirs['diffusion']), L, scorer.tokenizer.bos_id,
+  windows = bos_windows(data.val_tokens(workdirs[names[0]]), L, scorer.tokenizer.bos_id,
                         num_windows)
   N = len(windows)
   if N < num_windows:
     log(f'note: the validation split holds only {N} non-overlapping windows from a document '
         f'start, fewer than the {num_windows} asked for')
-  if not runs['diffusion'].model_config.conditioning:
-    log('note: the diffusion run was trained without conditioning (diffusion.condition_fraction'
-        '=0): the known tokens are held by replacement (RePaint-style), which follows them less '
-        'closely')
-  batch = runs['diffusion'].config.eval.batch_size
+  for name in names:
+    if not runs[name].model_config.conditioning:
+      log(f'note: the {name} run was trained without conditioning (diffusion.condition_fraction'
+          '=0): the known tokens are held by replacement (RePaint-style), which follows them '
+          'less closely')
+  batch = runs[names[0]].config.eval.batch_size
   original_nll = quality.token_nll(scorer, windows, batch)
   key = jax.random.key(seed)
   results = {'preset': preset, 'command': command, 'seq_len': L, 'num_windows': N,
              'num_windows_asked': num_windows, 'temperature': temperature, 'seed': seed,
-             'gaps_skipped': skipped, 'z': Z,
+             'gaps_skipped': skipped, 'z': Z, 'families': list(names), 'twin': ar.NAME,
              'workdirs': {**workdirs, 'scorer': scorer_workdir},
              'steps': {k: r.step for k, r in runs.items()}, 'gaps': []}
   fills = {'original': windows}
@@ -277,35 +302,35 @@ def infill(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
     spans = regions(L, a, n)
     gap = (np.arange(L) >= a) & (np.arange(L) < a + n)
     k = jax.random.fold_in(key, n)
-    restored = {}
-    restored['diffusion'], d_settings = diffusion_fill(
-        runs['diffusion'], windows, np.broadcast_to(~gap, windows.shape), jax.random.fold_in(k, 0),
-        temperature, batch)
-    restored['autoregressive'], a_settings = ar_fill(
-        runs['autoregressive'], windows, a, n, jax.random.fold_in(k, 1), temperature, batch)
+    restored, settings = {}, {}
+    # Each run's key by its family, so a family's fills do not depend on the others compared.
+    keys = {name: jax.random.fold_in(k, families.FAMILIES.index(name)) for name in runs}
+    for name in names:
+      restored[name], settings[name] = diffusion_fill(
+          runs[name], windows, np.broadcast_to(~gap, windows.shape), keys[name], temperature,
+          batch)
+    restored[ar.NAME], settings[ar.NAME] = ar_fill(runs[ar.NAME], windows, a, n, keys[ar.NAME],
+                                                   temperature, batch)
     entry = {'gap': n, 'start': a, 'regions': {r: list(s) for r, s in spans.items()},
-             'settings': {'diffusion': d_settings, 'autoregressive': a_settings}, 'rows': {}}
+             'settings': settings, 'rows': {}}
     values = {}
     entry['rows']['original'], values['original'] = measure(original_nll, spans, None)
-    for family in FAMILIES:
-      nll = quality.token_nll(scorer, restored[family], batch)
-      entry['rows'][family], values[family] = measure(
-          nll, spans, restored[family][:, a:a + n] == windows[:, a:a + n])
-      fills[f'{family}_gap_{n}'] = restored[family]
-    entry['diffusion_minus_ar'] = {
-        r: difference(values['diffusion'][r], values['autoregressive'][r], r != 'exact')
-        for r in REGIONS + ('exact',)}
+    for name, rows in restored.items():
+      nll = quality.token_nll(scorer, rows, batch)
+      entry['rows'][name], values[name] = measure(
+          nll, spans, rows[:, a:a + n] == windows[:, a:a + n])
+      fills[f'{name}_gap_{n}'] = rows
+    entry['minus_ar'] = {
+        name: {r: difference(values[name][r], values[ar.NAME][r], name, r != 'exact')
+               for r in REGIONS + ('exact',)} for name in names}
     results['gaps'].append(entry)
     examples[n] = _example(scorer.tokenizer, windows[0], restored, a, n)
     rows = entry['rows']
     log(f'gap {n:>3} at {a}: window NLL original {rows["original"]["window"]["mean"]:.3f}, '
-        f'diffusion {rows["diffusion"]["window"]["mean"]:.3f} '
-        f'± {rows["diffusion"]["window"]["se"]:.3f}, autoregressive '
-        f'{rows["autoregressive"]["window"]["mean"]:.3f} '
-        f'± {rows["autoregressive"]["window"]["se"]:.3f}; exact tokens diffusion '
-        f'{rows["diffusion"]["exact"]["mean"]:.3f}, autoregressive '
-        f'{rows["autoregressive"]["exact"]["mean"]:.3f}; '
-        f'{entry["diffusion_minus_ar"]["window"]["verdict"]}')
+        + ', '.join(f'{name} {rows[name]["window"]["mean"]:.3f} ± '
+                    f'{rows[name]["window"]["se"]:.3f}' for name in restored)
+        + '; ' + ', '.join(f'{name}: {entry["minus_ar"][name]["window"]["verdict"]}'
+                           for name in names))
   results['examples'] = {str(n): e for n, e in examples.items()}
   np.savez_compressed(os.path.join(workdir, 'fills.npz'), **fills)
   common.write_json(os.path.join(workdir, 'results.json'), results)
@@ -319,10 +344,20 @@ def _example(tokenizer, window: np.ndarray, restored: dict, a: int, n: int) -> d
   text = lambda ids: tokenizer.decode(np.asarray(ids))  # noqa: E731
   return {'left': text(window[1:a]), 'right': text(window[a + n:]),
           'original': text(window[a:a + n]),
-          **{f: text(restored[f][0, a:a + n]) for f in FAMILIES}}
+          'fills': {name: text(rows[0, a:a + n]) for name, rows in restored.items()}}
 
 
 LABEL = {'window': 'window', 'gap': 'gap', 'after': 'after the gap', 'gap_after': 'gap + after'}
+# How each family's known tokens were held (`settings['known_by']`).
+HELD = {'trained': 'held as the run was trained to hold them (marked as known)',
+        'replace': 'held by RePaint-style replacement: the run was trained without '
+                   'conditioning (diffusion.condition_fraction = 0), so it never learnt to read '
+                   'known tokens and only follows them through the corrupted state'}
+
+
+def rows_of(r: dict) -> tuple[str, ...]:
+  """The row kinds of a results dict: the original text, each family, the twin."""
+  return ('original', *r['families'], r['twin'])
 
 
 def _pm(x: dict, fmt='.3f') -> str:
@@ -333,17 +368,17 @@ def _plot(workdir: str, r: dict) -> str:
   ns = [g['gap'] for g in r['gaps']]
   fig, axes = plt.subplots(1, 3, figsize=(13, 4))
   for ax, region in zip(axes[:2], ('window', 'gap_after')):
-    for i, row in enumerate(ROWS):
+    for i, row in enumerate(rows_of(r)):
       ys = [g['rows'][row][region] for g in r['gaps']]
       ax.errorbar(ns, [y['mean'] for y in ys], yerr=[y['se'] for y in ys], fmt='o-' if i else 'k*--',
                   capsize=3, label=row if i else 'original text')
     ax.set(xlabel='gap (tokens)', ylabel='scorer NLL (nats/token)', xscale='log',
            title=f'Restored windows: {LABEL[region]}')
   ax = axes[2]
-  for family in FAMILIES:
-    ys = [g['rows'][family]['exact'] for g in r['gaps']]
+  for name in rows_of(r)[1:]:
+    ys = [g['rows'][name]['exact'] for g in r['gaps']]
     ax.errorbar(ns, [y['mean'] for y in ys], yerr=[y['se'] for y in ys], fmt='o-', capsize=3,
-                label=family)
+                label=name)
   ax.set(xlabel='gap (tokens)', ylabel='fraction of gap tokens = original', xscale='log',
          title='Exact-token recovery')
   for ax in axes:
@@ -359,52 +394,58 @@ def _verdict(d: dict) -> str:
   return f'{d["mean"]:+.3f} ± {d["se"]:.3f} (z = {z}): {d["verdict"]}'
 
 
+def _how(name: str, s: dict) -> str:
+  """One family's fill settings: its sample options and how its known tokens were held."""
+  options = ', '.join(f'{k} `{s[k]}`' for k in sampling.OPTIONS if k in s and k != 'temperature')
+  return f'- `{name}`: {options or "its defaults"}; the known tokens {HELD.get(s["known_by"], "")}'
+
+
 def write_report(workdir: str, r: dict) -> None:
-  gaps = r['gaps']
+  gaps, names, twin = r['gaps'], r['families'], r['twin']
   plot = _plot(workdir, r) if gaps else '(no gap fits)'
   rows, diffs, headline = [], [], []
   for g in gaps:
-    for row in ROWS:
+    for row in rows_of(r):
       x = g['rows'][row]
       rows.append([g['gap'], row, _pm(x['window']), f'{x["window"]["ppl"]:.2f}', _pm(x['gap']),
                    f'{x["gap"]["ppl"]:.2f}', _pm(x['after']), _pm(x['gap_after']),
                    _pm(x['exact']) if 'exact' in x else '–'])
-    d = g['diffusion_minus_ar']
-    diffs.append([g['gap']] + [_verdict(d[k]) for k in REGIONS + ('exact',)])
-    headline.append(f'gap {g["gap"]}: {d["window"]["verdict"]}')
-  settings = gaps[0]['settings']['diffusion'] if gaps else {}
+    for name in names:
+      d = g['minus_ar'][name]
+      diffs.append([g['gap'], name] + [_verdict(d[k]) for k in REGIONS + ('exact',)])
+    headline.append(f'gap {g["gap"]}: ' + ', '.join(
+        f'{name} {g["minus_ar"][name]["window"]["verdict"]}' for name in names))
   skipped = (f'Skipped gaps {r["gaps_skipped"]}: a gap must be shorter than L - 2 = '
              f'{r["seq_len"] - 2} tokens.' if r['gaps_skipped'] else '')
-  held = {'trained': 'held as the model was trained to hold them (clean embeddings marked '
-                     'as known)',
-          'replace': 'held by RePaint-style replacement: this run was trained without '
-                     'conditioning (diffusion.condition_fraction = 0), so it never learnt to '
-                     'read known tokens and only follows them through the noisy state'
-          }.get(settings.get('known_by'), '')
+  how = '\n'.join(_how(name, gaps[0]['settings'][name]) for name in names) if gaps else ''
+  width = max(len(x) for x in rows_of(r) + ('left', 'right')) + 2
   examples = '\n\n'.join(
-      f'**gap {n}**\n\n```\nleft:           {e["left"]!r}\noriginal:       {e["original"]!r}\n'
-      f'diffusion:      {e["diffusion"]!r}\nautoregressive: {e["autoregressive"]!r}\n'
-      f'right:          {e["right"]!r}\n```' for n, e in r['examples'].items())
+      f'**gap {n}**\n\n```\n' + '\n'.join(
+          f'{k + ":":<{width}}{v!r}' for k, v in
+          [('left', e['left']), ('original', e['original']), *e['fills'].items(),
+           ('right', e['right'])]) + '\n```' for n, e in r['examples'].items())
   fewer = (f' (the validation split held only these; {r["num_windows_asked"]} were asked for)'
            if r['num_windows'] < r['num_windows_asked'] else '')
-  text = f"""# Infilling: diffusion vs autoregressive
+  runs = ', '.join(f'`{name}` (`{r["workdirs"][name]}`, step {r["steps"][name]})'
+                   for name in names)
+  text = f"""# Infilling: diffusion families vs the autoregressive twin
 
 Command: `{r['command'] or 'dlm.experiments.infill.infill(...)'}` (preset `{r['preset']}`)
 
 {r['num_windows']} held-out windows of {r['seq_len']} tokens{fewer}, each starting at a
-document's `<|bos|>`. For a gap of n tokens at [a, a + n), a = (L - n) // 2, the diffusion model
-(`{r['workdirs']['diffusion']}`, step {r['steps']['diffusion']}) fills the gap seeing both
-sides; the AR twin (`{r['workdirs']['autoregressive']}`, step {r['steps']['autoregressive']})
-sees only the left side, continues for n tokens, and the original right side is put back
-verbatim. Each restored window, and the original, is scored by the independent AR scorer
-(`{r['workdirs']['scorer']}`). One fill per window and family, the same windows, temperature
-{r['temperature']:g} for both (the AR without top-p truncation), seed {r['seed']}.
+document's `<|bos|>`. For a gap of n tokens at [a, a + n), a = (L - n) // 2, each diffusion
+family ({runs}) fills the gap seeing both sides; the AR twin (`{r['workdirs'][twin]}`, step
+{r['steps'][twin]}) sees only the left side, continues for n tokens, and the original right
+side is put back verbatim. Each restored window, and the original, is scored by the independent
+AR scorer (`{r['workdirs']['scorer']}`). One fill per window and model, the same windows,
+temperature {r['temperature']:g} for all (the AR without top-p truncation), seed {r['seed']}.
 {skipped}
 
-Diffusion: sampler `{settings.get('sampler', '–')}`, {settings.get('num_steps', '–')} steps,
-self-conditioning `{settings.get('self_condition', '–')}`; the known tokens are {held}.
+How each family filled:
 
-**Headline** (whole-window NLL, diffusion − AR, paired over windows, a result beyond
+{how}
+
+**Headline** (whole-window NLL, each family − AR, paired over windows, a result beyond
 {r['z']:g} standard errors): {'; '.join(headline) or 'no gap fits'}.
 
 ## Scorer NLL of the restored windows
@@ -422,11 +463,11 @@ score low too.
 
 {plot}
 
-## Diffusion − autoregressive, paired over windows
+## Each family − autoregressive, paired over windows
 
-Negative NLL differences favour diffusion; positive exact-token differences do.
+Negative NLL differences favour the family; positive exact-token differences do.
 
-{report._table(['gap'] + [f'{LABEL[k]} NLL' for k in REGIONS] + ['exact'], diffs)}
+{report._table(['gap', 'family'] + [f'{LABEL[k]} NLL' for k in REGIONS] + ['exact'], diffs)}
 
 ## The first window, each fill
 
@@ -437,21 +478,24 @@ Negative NLL differences favour diffusion; positive exact-token differences do.
 
 
 if __name__ == '__main__':  # flags only for the command, so the module imports cleanly
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config of the pair.')
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config compared.')
   _WORKDIR = flags.DEFINE_string('workdir', 'runs/infill', 'Where the runs and report go.')
   _PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
   _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
-  _DIFFUSION = flags.DEFINE_string('diffusion_workdir', '', 'An already trained diffusion run.')
-  _AR = flags.DEFINE_string('ar_workdir', '', 'An already trained autoregressive run.')
+  _FAMILIES = flags.DEFINE_string('families', ','.join(common.DIFFUSION),
+                                  'The diffusion families that fill, comma-separated.')
+  _RUNS = flags.DEFINE_string('run_workdirs', '', 'Already trained runs, family=workdir pairs, '
+                              'comma-separated (the twin as ar=...); the others are trained.')
   _GAPS = flags.DEFINE_string('gaps', '', 'Gap sizes, comma-separated (default per preset: '
                               + '; '.join(f'{k} {",".join(map(str, v))}' for k, v in GAPS.items())
                               + ').')
   _WINDOWS = flags.DEFINE_integer('num_windows', 0, 'Held-out windows (default per preset: '
                                   + ', '.join(f'{k} {v}' for k, v in NUM_WINDOWS.items()) + ').')
-  _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature, both families.')
+  _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature, every model.')
   _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the fills.')
   common.run_cli(lambda: infill(
-      _CONFIG.value, _WORKDIR.value, _PRESET.value, _SCORER.value, _DIFFUSION.value, _AR.value,
+      _CONFIG.value, _WORKDIR.value, _PRESET.value, _SCORER.value,
+      common.parse_families(_FAMILIES.value), parse_workdirs(_RUNS.value),
       parse_gaps(_GAPS.value), _WINDOWS.value, _TEMPERATURE.value, _SEED.value,
       log=functools.partial(print, flush=True),
       command='python -m dlm.experiments.infill ' + ' '.join(sys.argv[1:])))

@@ -15,6 +15,7 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dlm import sampling  # noqa: E402
 from dlm.experiments import common, significance  # noqa: E402
 
 QUALITY = ('gen_ppl', 'unigram_entropy', 'distinct_1', 'distinct_2', 'distinct_3', 'distinct_4',
@@ -44,9 +45,10 @@ def _quality_row(label: str, q: dict) -> list:
 
 
 def _settings(q: dict) -> str:
-  """How diffusion samples were drawn, from a quality dict's settings."""
-  return (f'sampler `{q["sampler"]}`, {q["num_steps"]} steps, self-conditioning '
-          f'`{q["self_condition"]}`, allocation `{q["allocation"]}`')
+  """How samples were drawn: the sampling options a quality dict records (its family's own),
+  and the noise allocation where the run has one."""
+  out = ', '.join(f'{k} `{q[k]}`' for k in sampling.OPTIONS if k in q and k != 'temperature')
+  return out + (f', allocation `{q["allocation"]}`' if 'allocation' in q else '')
 
 
 def _bound(f: dict, prefix: str = '', per_byte: bool = False) -> str:
@@ -79,147 +81,294 @@ def _values(xs) -> np.ndarray:
   return np.array([np.nan if x is None else x for x in xs], float)
 
 
-def _plot_ce_vs_logsnr(workdir, curves: dict, training: bool, name='ce_vs_logsnr.png') -> str:
-  """Cross-entropy per token vs per-token log-SNR (lambda + ln d, so runs of different
-  diffusion dims line up, `dlm.noise`), with each run's proposal density q on a twin axis.
-  curves: label -> {'heldout': {logsnr, ce}, 'train': a ce_vs_logsnr record or None,
-  'diffusion_dim'}. training: also draw the running training curve."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  qax = ax.twinx()
-  for i, (label, c) in enumerate(curves.items()):
-    shift, color = math.log(c['diffusion_dim']), f'C{i}'
-    h, t = c['heldout'], c['train']
-    ax.plot(_values(h['logsnr']) + shift, _values(h['ce']), 'o-', ms=3, color=color,
+# How each corruption level is drawn: a log-SNR per token (lambda + ln d), so that runs of
+# different diffusion dims line up (`dlm.noise`); other levels as they are.
+LEVEL_AXIS = {'logsnr': 'per-token log-SNR  λ + ln d'}
+
+
+def _shift(level: str, diffusion_dim: int) -> float:
+  return math.log(diffusion_dim) if level in LEVEL_AXIS else 0.0
+
+
+def _ce_panel(ax, curves: dict, training: bool) -> None:
+  """Held-out cross-entropy per token against the corruption level of each run on one axis
+  (runs of one level kind), with the running training curve (training=True) and the noise
+  proposal q on a twin axis where the run logs them (`ce_vs_logsnr` records, log-SNR runs).
+  curves: label -> {'heldout': {level, ce}, 'level', 'train': a record or None,
+  'diffusion_dim'}; colours follow each curve's 'color'."""
+  qax = None
+  for label, c in curves.items():
+    shift, color = _shift(c['level'], c['diffusion_dim']), c['color']
+    h, t = c['heldout'], c['train'] if c['level'] in LEVEL_AXIS else None
+    ax.plot(_values(h['level']) + shift, _values(h['ce']), 'o-', ms=3, color=color,
             label=f'{label}: held-out (bound draws)')
     if t and training:
       ax.plot(_values(t['logsnr']) + shift, _values(t['ce']), '-', color=color, alpha=0.45,
               label=f'{label}: training (running)')
     if t:
+      qax = qax or ax.twinx()
       qax.plot(_values(t['logsnr']) + shift, _values(t['q']), ':', color=color,
                label=f'{label}: proposal q')
-  ax.set(xlabel='per-token log-SNR  λ + ln d', ylabel='cross-entropy (nats/token)',
-         title='Denoiser cross-entropy vs log-SNR')
-  qax.set_ylabel('proposal density q(λ)')
-  handles = [h for a in (ax, qax) for h in a.get_legend_handles_labels()[0]]
+  level = next(iter(curves.values()))['level']
+  ax.set(xlabel=LEVEL_AXIS.get(level, level), ylabel='cross-entropy (nats/token)')
+  handles = ax.get_legend_handles_labels()[0]
+  if qax:
+    qax.set_ylabel('proposal density q')
+    handles += qax.get_legend_handles_labels()[0]
   ax.legend(handles=handles, fontsize=7)
+
+
+def _ce_curve(f: dict, loss_curve: list, diffusion_dim: int, color: str) -> dict:
+  """A run's curve for `_ce_panel`, from its final evaluation and metrics.jsonl."""
+  return {'heldout': f['heldout_ce_vs_level'], 'level': f['level'], 'diffusion_dim': diffusion_dim,
+          'train': common.last_ce_curve(loss_curve), 'color': color}
+
+
+def _plot_ce_vs_level(workdir, curves: dict, name='ce_vs_level.png') -> str:
+  """One panel per kind of corruption level, every run of that kind in it (no training
+  curves: with several runs they crowd the panel)."""
+  kinds = list(dict.fromkeys(c['level'] for c in curves.values()))
+  fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
+  for ax, kind in zip(axes[0], kinds):
+    _ce_panel(ax, {k: c for k, c in curves.items() if c['level'] == kind}, training=False)
+    ax.set_title(f'Denoiser cross-entropy vs {kind}')
   return _save(fig, workdir, name)
 
 
-def _reference_quality(ar: dict) -> dict:
-  """The AR twin's sample quality at temperature 1 (else its last temperature)."""
-  sweep = ar['temperature_sweep']
+def _plot_families_ce(workdir, diffusion: dict, name='ce_vs_level.png') -> str:
+  """One column per diffusion family: on top the held-out cross-entropy against the family's
+  corruption level (with its training curve and proposal where it logs them), below the
+  context probe's cross-entropy with clean and with corrupted context over the probe's level."""
+  fig, axes = plt.subplots(2, len(diffusion), figsize=(6 * len(diffusion), 8), squeeze=False)
+  for i, (k, v) in enumerate(diffusion.items()):
+    top, bottom = axes[0, i], axes[1, i]
+    _ce_panel(top, {k: _ce_curve(v['final'], v['loss_curve'], v['diffusion_dim'], f'C{i}')},
+              training=True)
+    top.set_title(f'{k}: held-out cross-entropy')
+    probe = v['context']
+    if probe:
+      x = probe['level']
+      bottom.plot(x, probe['clean'], 'o-', color=f'C{i}', label='clean context')
+      bottom.plot(x, probe['corrupted'], 's--', color=f'C{i}', label='corrupted context')
+      bottom.fill_between(x, probe['clean'], probe['corrupted'], color=f'C{i}', alpha=0.15,
+                          label='context gain')
+      bottom.legend(fontsize=7)
+    bottom.set(xlabel='corruption level (0 clean … 1 fully corrupted)',
+               ylabel='probe cross-entropy (nats/token)', title=f'{k}: context probe')
+  return _save(fig, workdir, name)
+
+
+def _reference_quality(v: dict) -> dict:
+  """A family's sample quality at temperature 1 (else its last temperature)."""
+  sweep = v['temperature_sweep']
   return next((q for q in sweep if q['temperature'] == 1.0), sweep[-1])
 
 
+def _middle(levels: list) -> int:
+  """The index of the context level the family table shows."""
+  return len(levels) // 2
+
+
+def _matched(m: dict) -> str:
+  """gen-PPL at held-out text's entropy, its temperature, and the flag of an unbracketed one."""
+  if m['bracketed']:
+    return f'{m["gen_ppl"]:.2f} (T*={m["temperature"]:.2f})'
+  return (f'{m["gen_ppl"]:.2f} (T={m["temperature"]:g}) ⚠ held-out entropy {m["side"]} the '
+          'sweep')
+
+
+def _gain(probe: dict | None, i: int) -> str:
+  if probe is None:
+    return '–'
+  se = probe['gain_stderr'][i]
+  return f'{probe["gain"][i]:.3f}' + ('' if se is None else f' ± {se:.3f}')
+
+
+def _family_rows(r: dict, flags: dict) -> list[list]:
+  """The family table: one row per family, the twin's with an exact likelihood."""
+  fam, h = r['families'], r['held_out']
+  a = next(v for v in fam.values() if v['exact'])
+  mid = _middle(r['context_levels'])
+  rows = []
+  for k, v in fam.items():
+    f, q, s = v['final'], _reference_quality(v), v['speed']
+    ratio = significance.bpb_ratio(f, a['final'])
+    rows.append([
+        k, ('= ' if v['exact'] else '≤ ') + _bound(f, per_byte=True),
+        f'{ratio:.3f}×' + (' ⚠' if flags.get(k, {}).get('') else ''),
+        '–' if v['exact'] else
+        f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})',
+        f'{q["gen_ppl"]:.2f}', _matched(v['matched_entropy']), f'{q["unigram_entropy"]:.3f}',
+        _gain(v['context'], mid), f'{s["samples_per_sec_batch_1"]:.2f}',
+        ' '.join(f'{x:.2f}' for b, x in s.items() if not b.endswith('_1'))])
+  rows.append(['held-out text', '', '', '', f'{h["gen_ppl"]:.2f}', '',
+               f'{h["unigram_entropy"]:.3f}', '', '', ''])
+  return rows
+
+
+def _plot_frontier(workdir: str, r: dict) -> str:
+  fam, h = r['families'], r['held_out']
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for i, (k, v) in enumerate(fam.items()):
+    s, m, color = v['temperature_sweep'], v['matched_entropy'], f'C{i}'
+    ax.plot([q['unigram_entropy'] for q in s], [q['gen_ppl'] for q in s], 'o-', color=color,
+            label=k)
+    for q in s:
+      ax.annotate(f'T={q["temperature"]}', (q['unigram_entropy'], q['gen_ppl']), fontsize=6)
+    ax.plot([m['unigram_entropy']], [m['gen_ppl']], 'D', ms=8, color=color,
+            mfc=color if m['bracketed'] else 'none',
+            label=f'{k} at held-out entropy' + ('' if m['bracketed'] else ' (not bracketed)'))
+  ax.plot([h['unigram_entropy']], [h['gen_ppl']], 'k*', markersize=12, label='held-out text')
+  ax.axvline(h['unigram_entropy'], color='k', ls=':', lw=0.8)
+  ax.set(xlabel='unigram entropy per sample (bits)', ylabel='gen-PPL under the scorer',
+         yscale='log', title='Quality vs diversity (temperature sweep)')
+  ax.legend(fontsize=7)
+  return _save(fig, workdir, 'genppl_vs_entropy.png')
+
+
+def _curve_name(family: str, q: dict) -> str:
+  """A steps-sweep curve: the family and, where it has a choice, its sampler."""
+  return f'{family} {q["sampler"]}' if 'sampler' in q else family
+
+
+def _plot_steps(workdir: str, r: dict) -> str:
+  fam, h = r['families'], r['held_out']
+  a = _reference_quality(next(v for v in fam.values() if v['exact']))
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  swept = set()
+  for k, v in fam.items():
+    curves = {}
+    for q in v['steps_sweep']:
+      curves.setdefault(_curve_name(k, q), []).append(q)
+    for name, qs in curves.items():
+      ax.plot([q['num_steps'] for q in qs], [q['gen_ppl'] for q in qs], 'o-', label=name)
+      swept.update(q['num_steps'] for q in qs)
+  ax.axhline(a['gen_ppl'], color='k', ls='--', label=f'AR twin, T={a["temperature"]:g}')
+  ax.axhline(h['gen_ppl'], color='k', ls=':', label='held-out text')
+  ax.set(xlabel='sampling steps', ylabel='gen-PPL', xscale='log', yscale='log',
+         title='Sample quality vs sampling steps (T = 1)')
+  ax.set_xticks(sorted(swept))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.legend(fontsize=7)
+  return _save(fig, workdir, 'quality_vs_steps.png')
+
+
 def write_compare(workdir: str, r: dict) -> None:
-  fam = r['families']
-  d, a = fam['diffusion'], fam['autoregressive']
-  h = r['held_out']
+  fam, h = r['families'], r['held_out']
+  a = next(v for v in fam.values() if v['exact'])
+  af = a['final']
+  diffusion = {k: v for k, v in fam.items() if not v['exact']}
   plots = {'loss': _plot_losses(workdir, {k: v['loss_curve'] for k, v in fam.items()})}
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for k, v in fam.items():
     ax.plot([c['tokens'] for c in v['checkpoints']], [c['bits_per_byte'] for c in v['checkpoints']],
-            'o-', label=f'{k} ({"exact" if k == "autoregressive" else "upper bound"})')
+            'o-', label=f'{k} ({"exact" if v["exact"] else "upper bound"})')
   ax.set(xlabel='training tokens', ylabel='bits per byte', title='Held-out likelihood vs tokens')
   ax.legend()
   plots['bound'] = _save(fig, workdir, 'bound_vs_tokens.png')
+  plots['frontier'] = _plot_frontier(workdir, r)
+  plots['steps'] = _plot_steps(workdir, r)
+  plots['ce'] = _plot_families_ce(workdir, diffusion)
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for k, v in fam.items():
-    s = v['temperature_sweep']
-    ax.plot([q['unigram_entropy'] for q in s], [q['gen_ppl'] for q in s], 'o-', label=k)
-    for q in s:
-      ax.annotate(f'T={q["temperature"]}', (q['unigram_entropy'], q['gen_ppl']), fontsize=7)
-  ax.plot([h['unigram_entropy']], [h['gen_ppl']], 'k*', markersize=12, label='held-out text')
-  ax.set(xlabel='unigram entropy per sample (bits)', ylabel='gen-PPL under the scorer',
-         yscale='log', title='Quality vs diversity (temperature sweep)')
-  ax.legend()
-  plots['frontier'] = _save(fig, workdir, 'genppl_vs_entropy.png')
-
-  steps = d['steps_sweep']
-  ar_q = _reference_quality(a)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name in dict.fromkeys(q['sampler'] for q in steps):
-    qs = [q for q in steps if q['sampler'] == name]
-    ax.plot([q['num_steps'] for q in qs], [q['gen_ppl'] for q in qs], 'o-', label=name)
-  ax.axhline(ar_q['gen_ppl'], color='k', ls='--',
-             label=f'autoregressive, T={ar_q["temperature"]:g}')
-  ax.axhline(h['gen_ppl'], color='k', ls=':', label='held-out text')
-  ax.set(xlabel='sampling steps', ylabel='gen-PPL', xscale='log', yscale='log',
-         title='Diffusion sample quality vs sampling steps (T = 1)')
-  ax.set_xticks(sorted({q['num_steps'] for q in steps}))
-  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-  ax.legend()
-  plots['steps'] = _save(fig, workdir, 'quality_vs_steps.png')
-
-  plots['ce'] = _plot_ce_vs_logsnr(workdir, {'diffusion': {
-      'heldout': d['final']['heldout_ce_vs_logsnr'], 'train': common.last_ce_curve(d['loss_curve']),
-      'diffusion_dim': d['diffusion_dim']}}, training=True)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  names = list(fam)
-  ax.bar(names, [fam[k]['train_wall_s'] for k in names])
+  ax.bar(list(fam), [v['train_wall_s'] for v in fam.values()])
   ax.set(ylabel='seconds', title='Training wall time (same tokens)')
   plots['wall'] = _save(fig, workdir, 'wall_time.png')
 
-  df, af = d['final'], a['final']
-  flags = {p: significance.vs_exact(df, af, p) for p in ('', 'discrete_')}
-  lik_rows = [
-      ['autoregressive', f'= {_bound(af)}', f'= {_bound(af, per_byte=True)}', '–',
-       f'{af["val_loss"]:.3f}', 'exact'],
-      ['diffusion', f'≤ {_bound(df)}', f'≤ {_bound(df, per_byte=True)}',
-       f'≤ {_bound(df, "discrete_", per_byte=True)} (T={df["discrete_steps"]})'
-       + (' ⚠ (below)' if flags['discrete_'] else ''),
-       f'{df["val_loss"]:.3f}', flags[''] or 'significant']]
-  ratio = significance.bpb_ratio(df, af)
-  headline = (f'{ratio:.3f}× — {flags[""]}' if flags[''] else
-              f'{ratio:.3f}× (target ≤ {significance.BPB_TARGET}×: '
-              f'{"met" if ratio <= significance.BPB_TARGET else "not met"})')
+  flags = {k: {p: significance.vs_exact(v['final'], af, p) for p in ('', 'discrete_')}
+           for k, v in diffusion.items()}
+  headline, lik_rows = [], []
+  for k, v in fam.items():
+    f = v['final']
+    if v['exact']:
+      lik_rows.append([k, f'= {_bound(f)}', f'= {_bound(f, per_byte=True)}', '–',
+                       f'{f["val_loss"]:.3f}', 'exact'])
+      continue
+    flag = flags[k]
+    ratio = significance.bpb_ratio(f, af)
+    headline.append(f'`{k}` ' + (f'{ratio:.3f}× — {flag[""]}' if flag[''] else
+                                 f'{ratio:.3f}× (target ≤ {significance.BPB_TARGET}×: '
+                                 f'{"met" if ratio <= significance.BPB_TARGET else "not met"})'))
+    lik_rows.append([k, f'≤ {_bound(f)}', f'≤ {_bound(f, per_byte=True)}',
+                     f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})'
+                     + (' ⚠ (below)' if flag['discrete_'] else ''),
+                     f'{f["val_loss"]:.3f}', flag[''] or 'significant'])
   few, many = significance.STEPS_PAIR
   step_ratios = '; '.join(
-      f'`{k}` ' + ('not swept' if v is None else
-                   f'{v:.2f} ({"met" if abs(v - 1) <= significance.STEPS_TARGET else "not met"})')
-      for k, v in significance.steps_ratios(steps).items())
-
+      f'`{_curve_name(k, {} if s is None else {"sampler": s})}` ' + (
+          'not swept' if x is None else
+          f'{x:.2f} ({"met" if abs(x - 1) <= significance.STEPS_TARGET else "not met"})')
+      for k, v in diffusion.items() for s, x in significance.steps_ratios(v['steps_sweep']).items())
+  levels = r['context_levels']
+  mid = _middle(levels)
+  context_rows = [[k] + [_gain(v['context'], i) for i in range(len(levels))]
+                  for k, v in diffusion.items()]
   q_rows = [_quality_row(f'{k}, T={q["temperature"]}', q) for k, v in fam.items()
             for q in v['temperature_sweep']]
   q_rows.append(_quality_row('held-out text', h))
-  s_rows = [[q['sampler']] + _quality_row(f'{q["num_steps"]}', q) for q in steps]
+  m_rows = [[k, f'{m["temperature"]:.3f}', f'{m["unigram_entropy"]:.3f}', f'{m["gen_ppl"]:.2f}',
+             'yes' if m['bracketed'] else f'no: held-out entropy {m["side"]} the sweep']
+            for k, v in fam.items() for m in [v['matched_entropy']]]
+  s_rows = [[_curve_name(k, q)] + _quality_row(f'{q["num_steps"]}', q)
+            for k, v in diffusion.items() for q in v['steps_sweep']]
   speed_rows = [[k, f'{v["n_layer"]} × {v["n_embd"]}', f'{v["non_embedding_params"]:,}',
                  f'{v["params"]:,}', f'{v["tokens_per_sec"]:,.0f}', f'{v["train_wall_s"]:.0f}',
                  f'{v["speed"]["samples_per_sec_batch_1"]:.2f}',
                  ' '.join(f'{x:.2f}' for b, x in v['speed'].items() if not b.endswith('_1'))]
                 for k, v in fam.items()]
-  text = f"""# Diffusion vs autoregressive: report
+  settings = '\n'.join(f'- `{k}`: {_settings(v["temperature_sweep"][0])}'
+                       for k, v in fam.items())
+  described = '\n'.join(f'- `{k}` ({v["summary"]}): {v["final"]["likelihood"]}'
+                        + ('' if v['exact'] else f'; the discrete bound is that of its '
+                           f'{v["final"]["discrete_steps"]}-step sampler')
+                        + (' — ' + flags[k]['discrete_'] if flags.get(k, {}).get('discrete_')
+                           else '') for k, v in fam.items())
+  examples = '\n\n'.join(f'**{k}**\n\n```\n{v["example"]}\n```' for k, v in fam.items())
+  text = f"""# Diffusion families vs the autoregressive twin: report
 
 Command: `{r['command'] or 'dlm.experiments.compare.compare(...)'}` (preset `{r['preset']}`)
 
-Both models share the backbone, data, tokenizer, optimiser and token budget
-({d['tokens_per_step']:,} tokens per step, {df['step']} steps). The scorer for
+Every model shares the backbone, data, tokenizer, optimiser and token budget
+({a['tokens_per_step']:,} tokens per step, {af['step']} steps): the diffusion families
+{', '.join(f'`{k}`' for k in diffusion)} and the AR twin. The scorer for
 gen-PPL is a separate AR model ({r['scorer']['n_layer']} layers × {r['scorer']['n_embd']},
 {r['scorer']['non_embedding_params']:,} non-embedding parameters) trained on the same split;
-it is neither of the two models compared.
+it is none of the models compared.
 
-**Headline.** Diffusion bits/byte ÷ AR bits/byte: {headline}.
+**Headline.** Bits/byte ÷ the AR twin's: {'; '.join(headline)}.
 Sampling steps, gen-PPL at {few} steps ÷ at {many} steps (target: within
-{significance.STEPS_TARGET:.0%}): {step_ratios}.
+{significance.STEPS_TARGET:.0%}): {step_ratios or 'no family takes sampling steps'}.
+
+## Families side by side
+
+Bits/byte on the same held-out tokens (= exact, ≤ upper bound; ± over sequences, MC ± the
+bound's Monte-Carlo error; ⚠: that error is too large for the ratio to be read, see below), its
+ratio to the AR twin's, the discrete bound of the family's sampler, gen-PPL of samples at
+temperature 1 and at the unigram entropy of held-out text (T*: the temperature that reaches it,
+interpolated over the sweep), the samples' unigram entropy at temperature 1, the context gain
+(nats per probe token, at level {levels[mid]:g}) and samples per second.
+
+{_table(['family', 'bits/byte', '÷ AR', 'discrete bound bits/byte', 'gen-PPL T=1',
+         'gen-PPL at held-out entropy (T*)', 'unigram entropy T=1',
+         f'context gain at {levels[mid]:g}', 'samples/s (batch 1)', 'samples/s (full batch)'],
+        _family_rows(r, flags))}
 
 ## Model sizes and speed
 
 {_table(['model', 'layers × width', 'non-embedding params', 'all params', 'train tokens/s',
          'train wall s', 'samples/s (batch 1)', 'samples/s (full batch)'], speed_rows)}
 
-Diffusion samples use {_settings(d['temperature_sweep'][0])} (each step one forward pass over
-the whole sequence, two with `fresh` self-conditioning); the AR model decodes with a key/value
-cache, one token per forward.
+Samples are drawn with each run's own settings:
+
+{settings}
 
 {plots['wall']}
 
 ## Likelihood on the same held-out tokens
 
-{df['eval_tokens']:,} tokens ({df['eval_bytes']:,} UTF-8 bytes). Each figure carries its
+{af['eval_tokens']:,} tokens ({af['eval_bytes']:,} UTF-8 bytes). Each figure carries its
 standard error over sequences (±); the diffusion bounds also the Monte-Carlo error of their
 draws (MC ±, {r.get('bound_samples', '?')} draws per sequence). A diffusion bound is only read
 as a result when its MC error is under a quarter of its gap to the AR NLL and, if below it, by
@@ -230,19 +379,22 @@ at least three combined standard errors; otherwise it is flagged.
 
 What each number is:
 
-- autoregressive: {af['likelihood']}
-- diffusion: {df['likelihood']}; the discrete bound is that of the {df['discrete_steps']}-step
-  ancestral sampler{' — ' + flags['discrete_'] if flags['discrete_'] else ''}
+{described}
 
 {plots['loss']}
 
 {plots['bound']}
 
-## Cross-entropy vs log-SNR
+## Cross-entropy vs corruption level
 
-The diffusion run's denoiser cross-entropy per log-SNR bin: on the training rows (running
-average, the last record of metrics.jsonl that holds it) and on the held-out windows (the
-bound's draws), with the noise proposal q the run trained, sampled and bounded with.
+Top: each family's held-out denoiser cross-entropy against its own corruption level (the bound's
+draws), with the running training curve and noise proposal q where the run logs them. Bottom:
+the context probe (`context_probe` of each family): probe tokens of a window corrupted at a
+level (0: clean, 1: fully corrupted), the rest of the window corrupted at the same level or left
+clean; the gap between the two is what the family learns from context. Context gain (nats per
+probe token) ± its standard error over batches:
+
+{_table(['family'] + [f'level {x:g}' for x in levels], context_rows)}
 
 {plots['ce']}
 
@@ -255,13 +407,19 @@ the entropy: low-entropy, repetitive text scores a low gen-PPL.
 
 {_table(['samples'] + list(QUALITY), q_rows)}
 
+At the held-out text's unigram entropy ({h['unigram_entropy']:.3f} bits), log gen-PPL and the
+temperature interpolated linearly in entropy between the sweep's points (where the sweep does
+not reach it, the nearest point, flagged):
+
+{_table(['family', 'T*', 'unigram entropy', 'gen-PPL', 'bracketed'], m_rows)}
+
 {plots['frontier']}
 
-### Diffusion: quality vs sampling steps (T = 1), every sampler
+### Quality vs sampling steps (T = 1)
 
-Self-conditioning `{steps[0]['self_condition'] if steps else '–'}`, allocation
-`{steps[0]['allocation'] if steps else '–'}`. The AR twin at T = {ar_q['temperature']:g} scores
-gen-PPL {ar_q['gen_ppl']:.2f}, held-out text {h['gen_ppl']:.2f}.
+Each family that takes a number of steps, with each of its samplers. The AR twin at
+T = {_reference_quality(a)['temperature']:g} scores gen-PPL {_reference_quality(a)['gen_ppl']:.2f},
+held-out text {h['gen_ppl']:.2f}.
 
 {_table(['sampler', 'steps'] + list(QUALITY), s_rows)}
 
@@ -269,17 +427,7 @@ gen-PPL {ar_q['gen_ppl']:.2f}, held-out text {h['gen_ppl']:.2f}.
 
 ## One sample each
 
-**diffusion**
-
-```
-{d['example']}
-```
-
-**autoregressive**
-
-```
-{a['example']}
-```
+{examples}
 """
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write(text)
@@ -289,9 +437,9 @@ def write_ablation(workdir: str, r: dict) -> None:
   variants, runs = r['variants'], r['runs']
   label = {k: ' / '.join(v['variants']) for k, v in runs.items()}  # a trained run's variants
   loss = _plot_losses(workdir, {label[k]: v['loss_curve'] for k, v in runs.items()})
-  ce = _plot_ce_vs_logsnr(workdir, {label[k]: {
-      'heldout': v['final']['heldout_ce_vs_logsnr'], 'train': common.last_ce_curve(v['loss_curve']),
-      'diffusion_dim': v['diffusion_dim']} for k, v in runs.items()}, training=False)
+  ce = _plot_ce_vs_level(workdir, {label[k]: _ce_curve(v['final'], v['loss_curve'],
+                                                       v['diffusion_dim'], f'C{i}')
+                                    for i, (k, v) in enumerate(runs.items())})
 
   names = [v['name'] for v in variants]
   fig, (ax, gax) = plt.subplots(1, 2, figsize=(9, 4))
@@ -310,7 +458,7 @@ def write_ablation(workdir: str, r: dict) -> None:
   for v in variants:
     f, q = v['final'], v['quality']
     others = [x for k, x in finals.items() if k != v['run']]
-    rows.append([v['name'], f'`{v["run"]}`', q['sampler'], q['num_steps'], q['self_condition'],
+    rows.append([v['name'], f'`{v["run"]}`', q['family'], _settings(q),
                  f'≤ {_bound(f, per_byte=True)}', f'≤ {_bound(f)}',
                  f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})',
                  significance.vs_others(f, others) or ('–' if not others else 'significant'),
@@ -331,7 +479,7 @@ standard error over sequences (±) and the Monte-Carlo error of the bound's draw
 discrete bound is at the trained run's sampling step count T. A bound within three combined
 Monte-Carlo errors of the nearest other trained variant's bound is flagged: that ranking is noise.
 
-{_table(['variant', 'trained run', 'sampler', 'steps', 'self-cond.', 'bits/byte',
+{_table(['variant', 'trained run', 'family', 'sample settings', 'bits/byte',
          'bits/token', 'discrete bits/byte', 'verdict', 'gen-PPL', 'unigram entropy',
          'seq-rep-4', 'train tokens/s', 'train wall s', 'samples/s'], rows)}
 
@@ -343,11 +491,11 @@ What each trained run's bound describes:
 
 {loss}
 
-## Cross-entropy vs log-SNR
+## Cross-entropy vs corruption level
 
-Held-out denoiser cross-entropy per log-SNR bin of each trained run (the bound's draws), with
-its noise proposal q (dotted, twin axis); per-token log-SNR, so runs of different diffusion
-dims line up.
+Held-out denoiser cross-entropy per bin of the corruption level of each trained run (the
+bound's draws), one panel per kind of level, with the noise proposal q (dotted, twin axis)
+where the run keeps one; log-SNR per token, so runs of different diffusion dims line up.
 
 {ce}
 """

@@ -64,10 +64,11 @@ def bpb_ratio(bound: dict, exact: dict) -> float:
 
 
 def steps_ratios(steps_sweep: list[dict]) -> dict:
-  """{sampler: gen-PPL at STEPS_PAIR[0] steps / at STEPS_PAIR[1] steps, None if not swept}."""
-  ppl = {(q['sampler'], q['num_steps']): q['gen_ppl'] for q in steps_sweep}
+  """{sampler: gen-PPL at STEPS_PAIR[0] steps / at STEPS_PAIR[1] steps, None if not swept};
+  the sampler None for a family without a choice of sampler."""
+  ppl = {(q.get('sampler'), q['num_steps']): q['gen_ppl'] for q in steps_sweep}
   out = {}
-  for sampler in dict.fromkeys(q['sampler'] for q in steps_sweep):
+  for sampler in dict.fromkeys(q.get('sampler') for q in steps_sweep):
     few, many = (ppl.get((sampler, s)) for s in STEPS_PAIR)
     out[sampler] = few / many if few and many else None
   return out
