@@ -54,6 +54,30 @@ def random_known(key, batch: int, L: int, fraction):
   return known_BL & ~jnp.all(known_BL, -1, keepdims=True)
 
 
+def training_draws(k_known, k_drop, tokens_BL, mcfg, dc, patterns=None,
+                   condition: bool = True) -> dict:
+  """The conditioning part of a diffusion batch's random inputs, where the run trains with it:
+  known (B, L) positions (`random_known`, rows at `dc.condition_fraction`) and dropped (B,) the
+  rows trained without their label (`dc.label_dropout`). condition=False: neither (validation
+  and the bounds are unconditional)."""
+  B, L = tokens_BL.shape
+  d = {}
+  if condition and mcfg.conditioning and dc.condition_fraction > 0:
+    d['known'] = random_known(k_known, B, L, dc.condition_fraction)
+  if condition and patterns is not None and mcfg.num_labels:
+    d['dropped'] = jax.random.uniform(k_drop, (B,)) < dc.label_dropout
+  return d
+
+
+def unknown_count(tokens_BL, d: dict):
+  """How many positions a diffusion batch's loss averages over: the ones not known. The train
+  step divides each device's sum by the whole batch's count, so the sum over devices is the
+  loss of the whole batch whatever its split."""
+  if 'known' in d:
+    return jnp.sum(~d['known']).astype(jnp.float32)
+  return jnp.float32(tokens_BL.size)
+
+
 def inject(z_BLE, x0_BLE, known_BL):
   """z with the known positions replaced by their clean embeddings."""
   return jnp.where(known_BL[..., None], x0_BLE, z_BLE)

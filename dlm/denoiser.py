@@ -1,5 +1,6 @@
-"""The denoiser's own pieces that training, evaluation and sampling share: the diffusion
-embedding table of a set of weights, and the self-conditioning estimate fed back to it."""
+"""The denoiser's own pieces that the diffusion families share in training, evaluation and
+sampling: the diffusion embedding table of a set of weights, the self-conditioning estimate fed
+back to it, and the labels of the guidance branches."""
 
 import jax
 import jax.numpy as jnp
@@ -40,3 +41,14 @@ def self_condition(params, model: Transformer, z_BLE, lam_B, E_VE, training: boo
   first = model.apply(params, even(z_BLE), even(lam_B), None, even(known_BL), even(label_B))
   x0_prev = jax.lax.stop_gradient(diffusion.x0_from_logits(first, E_VE))
   return jnp.stack([x0_prev, jnp.zeros_like(x0_prev)], 1).reshape(z_BLE.shape)
+
+
+def branch_labels(model: Transformer, N: int, label, branches: int) -> list:
+  """The label ids of each classifier-free guidance branch (Ho & Salimans 2022): the
+  conditional one first, then "no label" (`model.cfg.num_labels`); [None] without a label."""
+  if not branches:
+    return [None]
+  out = [jnp.full((N,), label, jnp.int32)]
+  if branches == 2:
+    out.append(jnp.full((N,), model.cfg.num_labels, jnp.int32))
+  return out

@@ -76,3 +76,11 @@ def of_tokens(tokens_BL, patterns_PM):
     p_P1 = patterns_PM[:, j][:, None]
     hit_BPL &= (padded[:, None, j:j + L] == p_P1[None]) | (p_P1[None] < 0)
   return jnp.any(hit_BPL, (1, 2)).astype(jnp.int32)
+
+
+def of_rows(tokens_BL, d: dict, patterns):
+  """Each training row's label id, "no label" (len(VALUES)) for the rows `d['dropped']` marks;
+  None for a batch drawn without labels."""
+  if 'dropped' not in d:
+    return None
+  return jnp.where(d['dropped'], len(VALUES), of_tokens(tokens_BL, patterns))

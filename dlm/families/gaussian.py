@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from dlm import conditioning, diffusion, labels, noise, samplers, sharding
-from dlm.denoiser import embedding_table, self_condition
+from dlm.denoiser import branch_labels, embedding_table, self_condition
 from dlm.losses import token_ce
 from dlm.model import Transformer
 
@@ -108,35 +108,14 @@ def draw(key, tokens_BL, model: Transformer, c, proposal=None, patterns=None,
   d = {'lam': noise.of(dc, model.cfg.diffusion_dim).draw(k_t, B, proposal),
        'eps': jax.random.normal(k_eps, (B, L, model.cfg.diffusion_dim)),
        'even': jnp.arange(B) % 2 == 0}
-  d.update(conditions(k_known, k_drop, tokens_BL, model, c, patterns, condition))
+  d.update(conditioning.training_draws(k_known, k_drop, tokens_BL, model.cfg, dc, patterns,
+                                       condition))
   return d
-
-
-def conditions(k_known, k_drop, tokens_BL, model: Transformer, c, patterns, condition) -> dict:
-  """The known positions and dropped labels of a batch, where the run trains with them."""
-  B, L = tokens_BL.shape
-  d = {}
-  if condition and model.cfg.conditioning and c.diffusion.condition_fraction > 0:
-    d['known'] = conditioning.random_known(k_known, B, L, c.diffusion.condition_fraction)
-  if condition and patterns is not None and model.cfg.num_labels:
-    d['dropped'] = jax.random.uniform(k_drop, (B,)) < c.diffusion.label_dropout
-  return d
-
-
-def label_of(tokens_BL, d: dict, patterns):
-  """Each row's label id (the dropped ones "no label"), None for a run without labels."""
-  if 'dropped' not in d:
-    return None
-  return jnp.where(d['dropped'], len(labels.VALUES), labels.of_tokens(tokens_BL, patterns))
 
 
 def scored_positions(tokens_BL, d: dict):
-  """How many positions a batch's loss averages over: the unknown ones. The train step divides
-  each device's sum by the whole batch's count, so the sum over devices is the loss of the
-  whole batch whatever its split."""
-  if 'known' in d:
-    return jnp.sum(~d['known']).astype(jnp.float32)
-  return jnp.float32(tokens_BL.size)
+  """The unknown positions (`conditioning.unknown_count`)."""
+  return conditioning.unknown_count(tokens_BL, d)
 
 
 def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=None):
@@ -155,7 +134,7 @@ def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=
   lam_B, eps_BLE = d['lam'], d['eps']
   z_BLE = diffusion.q_sample(x0_BLE, lam_B, eps_BLE, dc.path)
   known_BL = d.get('known')
-  label_B = label_of(tokens_BL, d, patterns)
+  label_B = labels.of_rows(tokens_BL, d, patterns)
   if known_BL is not None:
     z_BLE = conditioning.inject(z_BLE, x0_BLE, known_BL)
     free_BL = (~known_BL).astype(jnp.float32)
@@ -418,17 +397,6 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
   logits_G, _ = denoise(hold(z, lam_steps[-1], keys[S]), lam_steps[-1], x0_fed)
   tokens = decoded(logits_G)
   return (tokens, steps) if trajectory else tokens
-
-
-def branch_labels(model: Transformer, N: int, label, branches: int) -> list:
-  """The label ids of each guidance branch: the conditional one first, then "no label"
-  (`model.cfg.num_labels`); [None] without a label."""
-  if not branches:
-    return [None]
-  out = [jnp.full((N,), label, jnp.int32)]
-  if branches == 2:
-    out.append(jnp.full((N,), model.cfg.num_labels, jnp.int32))
-  return out
 
 
 def known_by_of(mcfg) -> str:

@@ -125,18 +125,14 @@ def draw(key, tokens_BL, model: Transformer, c, noise_state, patterns=None,
        'u': jax.random.uniform(k_u, (B, L)),
        'eps': jax.random.normal(k_eps, (B, L, model.cfg.diffusion_dim)),
        'even': jnp.arange(B) % 2 == 0}
-  if condition and dc.condition_fraction > 0:
-    d['known'] = conditioning.random_known(k_known, B, L, dc.condition_fraction)
-  if condition and patterns is not None and model.cfg.num_labels:
-    d['dropped'] = jax.random.uniform(k_drop, (B,)) < dc.label_dropout
+  d.update(conditioning.training_draws(k_known, k_drop, tokens_BL, model.cfg, dc, patterns,
+                                       condition))
   return d
 
 
 def scored_positions(tokens_BL, d: dict):
   """The positions the loss is normalised by: every one that is not known."""
-  if 'known' in d:
-    return jnp.sum(~d['known']).astype(jnp.float32)
-  return jnp.float32(tokens_BL.size)
+  return conditioning.unknown_count(tokens_BL, d)
 
 
 def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=None):
@@ -153,9 +149,7 @@ def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=
   corrupt_BL = (d['u'] < m_B[:, None]) & ~known_BL
   z_BLE = jnp.where(corrupt_BL[..., None], diffusion.q_sample(x0_BLE, lam_B, d['eps'],
                                                               dc.path), x0_BLE)
-  label_B = None
-  if 'dropped' in d:
-    label_B = jnp.where(d['dropped'], len(labels.VALUES), labels.of_tokens(tokens_BL, patterns))
+  label_B = labels.of_rows(tokens_BL, d, patterns)
   clean_BL = ~corrupt_BL
   x0_prev = denoiser.self_condition(params, model, z_BLE, lam_B, E_VE, True, dc.self_condition,
                                     clean_BL, label_B, d['even'])
@@ -398,11 +392,7 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
   ids and the argmax elsewhere, the predicted distribution's entropy (0 where revealed).
   mesh: rows split over its data axis like `gaussian.sample_tokens`."""
   N, L = num_samples, seq_len
-  labels_G = [None]  # the conditional branch first, then "no label"
-  if branches:
-    labels_G = [jnp.full((N,), label, jnp.int32)]
-    if branches == 2:
-      labels_G.append(jnp.full((N,), model.cfg.num_labels, jnp.int32))
+  labels_G = denoiser.branch_labels(model, N, label, branches)
   E_VE = embedding_table(model, params)
 
   def denoise(z, lam_N, clean_NL, x0_prev):

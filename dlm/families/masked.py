@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from dlm import conditioning, diffusion, labels, sharding
-from dlm.denoiser import embedding_table
+from dlm.denoiser import branch_labels, embedding_table
 from dlm.losses import token_ce
 from dlm.model import Transformer
 
@@ -114,18 +114,14 @@ def draw(key, tokens_BL, model: Transformer, c, noise_state=None, patterns=None,
   B, L = tokens_BL.shape
   d = {'t': T_MIN + (1.0 - T_MIN) * diffusion.stratified(k_t, B),
        'u': jax.random.uniform(k_u, (B, L))}
-  if condition and model.cfg.conditioning and dc.condition_fraction > 0:
-    d['known'] = conditioning.random_known(k_known, B, L, dc.condition_fraction)
-  if condition and patterns is not None and model.cfg.num_labels:
-    d['dropped'] = jax.random.uniform(k_drop, (B,)) < dc.label_dropout
+  d.update(conditioning.training_draws(k_known, k_drop, tokens_BL, model.cfg, dc, patterns,
+                                       condition))
   return d
 
 
 def scored_positions(tokens_BL, d: dict):
   """The positions the loss averages over: those not known (masked or not at this t)."""
-  if 'known' in d:
-    return jnp.sum(~d['known']).astype(jnp.float32)
-  return jnp.float32(tokens_BL.size)
+  return conditioning.unknown_count(tokens_BL, d)
 
 
 def weight(t):
@@ -148,9 +144,7 @@ def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=
   if known_BL is not None:
     masked_BL &= ~known_BL
     free_BL = ~known_BL
-  label_B = None
-  if 'dropped' in d:
-    label_B = jnp.where(d['dropped'], len(labels.VALUES), labels.of_tokens(tokens_BL, patterns))
+  label_B = labels.of_rows(tokens_BL, d, patterns)
   z_BLE = inputs(embedding_table(model, params), tokens_BL, masked_BL)
   lam_B = jnp.zeros(tokens_BL.shape[:1])
   h_BLD = model.apply(params, z_BLE, lam_B, None, ~masked_BL, label_B,
@@ -361,11 +355,7 @@ def sample_tokens(params, key, proposal=None, *, model, num_samples: int, seq_le
   if known is None:
     cond_tokens = jnp.zeros((N, seq_len), jnp.int32)
     known = jnp.zeros((N, seq_len), bool)
-  labels_G = [None]  # the conditional branch first, then "no label"
-  if branches:
-    labels_G = [jnp.full((N,), label, jnp.int32)]
-    if branches == 2:
-      labels_G.append(jnp.full((N,), model.cfg.num_labels, jnp.int32))
+  labels_G = branch_labels(model, N, label, branches)
   denoise_G = [denoiser(params, model, label_N) for label_N in labels_G]
 
   def denoise(ids, masked):
