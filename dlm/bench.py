@@ -124,7 +124,7 @@ def fsdp_orders(c, fsdp: int, batch: int, repeats: int, log=print) -> dict:
   orders = {'layers first': sharding.FSDP_ORDER,
             'width first': ('embed', 'hidden', 'vocab', 'input', 'layers')}
   c.train.fsdp, c.train.total_batch_size = fsdp, 0
-  if c.model.family == 'ar':
+  if families.get(c.model.family).EXACT:  # a twin's config: time the diffusion side
     c.model.family = 'gaussian'
   batch = batch or c.train.device_batch_size * jax.device_count()
   config_lib.validate(c, jax.device_count())
@@ -166,7 +166,7 @@ def bench(c, batch: int = 0, repeats: int = 10, log=print,
     raise DlmError(f'--families: {",".join(unknown) or "none given"}; expected some of '
                    f'{",".join(families.FAMILIES)}')
   c = copy.deepcopy(c)
-  if c.model.family == 'ar':
+  if families.get(c.model.family).EXACT:  # a twin's config: time the diffusion side
     c.model.family = 'gaussian'
   batch = batch or c.train.device_batch_size * jax.device_count()
   if batch < 1:
