@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 
 from conftest import tiny_config
-from dlm import evaluate, sampling
+from dlm import evaluate
 from dlm.families import ar as ar_family
 from dlm.experiments import twin
 from dlm.model import ModelConfig, Transformer, empty_cache

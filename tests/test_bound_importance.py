@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm import diffusion, evaluate, noise
+from dlm import diffusion, noise
 from dlm.families import gaussian
 
 V, L, D = 3, 2, 4

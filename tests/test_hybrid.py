@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from scipy import stats, special
 
 from conftest import tiny_config
