@@ -58,6 +58,12 @@ def test_a_family_resumes_on_the_same_curve_and_keeps_known_tokens(tmp_path, qui
       assert len(r['fills']) == 1
   for r in sampling.generate(run, num_samples=2, seq_len=16, prompt='Once upon', **steps):
     assert r['text'].strip().startswith('Once upon') and r['family'] == name
+  if 'self_condition' in family.SAMPLE_OPTIONS:  # every update rule, both feedback modes
+    for sampler in family.SAMPLERS:
+      (r,) = sampling.generate(run, num_samples=1, seq_len=16, num_steps=3, sampler=sampler,
+                               self_condition='fresh', clamp=sampler == 'ddim',
+                               prompt='Once upon')
+      assert r['text'].startswith('Once upon') and r['sampler'] == sampler
   wrong = 'top_p' if 'top_p' not in family.SAMPLE_OPTIONS else 'order'
   with pytest.raises(DlmError, match=f'--{wrong} does not apply to a {name} run'):
     sampling.generate(run, num_samples=1, **{wrong: 0.9 if wrong == 'top_p' else 'confidence'})
