@@ -60,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
                                   # and infilling (e.g. 0.25); 0: untrained (RePaint) infilling.
                                   # Off: 25% cost the unconditional bound 3-5% (README, Results)
       label_dropout=0.1,          # rows trained without their label (data.label), for guidance
+      masked_loss='elbo',         # masked family: elbo (CE / t, the bound itself) | mean (each
+                                  # row's mean CE over its masked tokens: steadier, README Results)
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -254,6 +256,7 @@ RULES = {
     'diffusion.condition_fraction': _FRACTION,
     # guidance needs the unconditional model that the dropped rows train
     'diffusion.label_dropout': _number(0, 1, low_open=True, high_open=True),
+    'diffusion.masked_loss': _one_of('elbo', 'mean'),
     'train.num_iterations': _integer(1),
     'train.device_batch_size': _integer(1),
     'train.total_batch_size': _integer(0),

