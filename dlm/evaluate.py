@@ -86,7 +86,7 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
   n = (len(windows) // batch_size) * batch_size
   if n == 0:
     raise ValueError(f'{len(windows)} evaluation windows are fewer than batch_size={batch_size}')
-  if family.init_noise(c, model.cfg) is not None and proposal is None:
+  if proposal is None and family.init_noise(c, model.cfg) is not None:  # built only to ask
     raise ValueError(f'a {family.NAME} run is evaluated with its noise proposal (state.proposal)')
   prev = context_tokens(windows)[:n]
   windows = windows[:n]

@@ -325,7 +325,7 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
   spread = ((lambda x: jax.lax.with_sharding_constraint(x, sharding.rows(N, mesh, 0, x.ndim)))
             if mesh is not None else (lambda x: x))
   z = spread(jax.random.normal(k_init, (N, seq_len, E_VE.shape[-1])))
-  known_by = '' if cond_tokens is None else known_by_of(model.cfg)
+  known_by = '' if cond_tokens is None else 'trained' if model.cfg.conditioning else 'replace'
   if known_by:
     x0_known = E_VE[cond_tokens]
   known_in = known if known_by == 'trained' else None
@@ -397,8 +397,3 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
   logits_G, _ = denoise(hold(z, lam_steps[-1], keys[S]), lam_steps[-1], x0_fed)
   tokens = decoded(logits_G)
   return (tokens, steps) if trajectory else tokens
-
-
-def known_by_of(mcfg) -> str:
-  """How known tokens are held: 'trained' (the run learned the known marker) or 'replace'."""
-  return 'trained' if mcfg.conditioning else 'replace'
