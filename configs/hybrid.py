@@ -6,7 +6,8 @@ Gaussian noise on their embeddings how much.
   python main.py --mode=eval --workdir=runs/hybrid --bound_samples=64
 
 Clean tokens keep their exact identity, so the model learns from context; corrupted ones still
-carry a noisy embedding that the Gaussian samplers move (README, Results).
+carry a noisy embedding that the Gaussian samplers move (docs/results.md, 'Model families side
+by side').
 """
 
 from configs.quickstart import get_config as quickstart

@@ -5,7 +5,8 @@
   python main.py --mode=eval --workdir=runs/masked --bound_samples=64
 
 Tokens are hidden at random and the model predicts them from the tokens left visible, so it
-learns from context at every noise level; its bound is the masked ELBO (README, Results).
+learns from context at every noise level; its bound is the masked ELBO (docs/results.md, 'Model
+families side by side').
 """
 
 from configs.quickstart import get_config as quickstart

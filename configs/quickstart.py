@@ -1,4 +1,4 @@
-"""Quickstart: a small diffusion LM that trains on a laptop CPU in about four minutes.
+"""Quickstart: a small diffusion LM that trains on a laptop CPU in minutes (docs/results.md).
 
   python main.py --config configs/quickstart.py            # train, evaluate, show samples
   python main.py --mode=sample --workdir=runs/quickstart   # more samples
@@ -9,7 +9,7 @@ the Hugging Face hub, or --config.data.path=stories.txt on a text file of your o
 
 500 steps rather than more: with the adaptive noise allocation (the default) the model spends
 its steps where tokens are decided, so 500 of them beat the 1,200 the cosine schedule needed
-(README, Results) and the whole command fits a laptop's coffee break.
+(docs/results.md, 'The quickstart') and the whole command fits a laptop's coffee break.
 """
 
 from dlm.config import base_config

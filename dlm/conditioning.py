@@ -32,10 +32,9 @@ def random_known(key, batch: int, L: int, fraction):
   known positions otherwise. A row is never entirely known.
 
   Lengths up to most of the row matter: an infill template keeps nearly everything but a gap
-  (a prefix and a span around it). With spans of at most L/4 and prefixes of at most L/2,
-  conditioned infilling of a middle gap of 8 of 64 tokens scored worse under the AR scorer
-  than the untrained replacement method (gap NLL 9.23 vs 7.98 nats/token, TinyStories, the
-  cpu preset): the model had not seen that much known text.
+  (a prefix and a span around it). With shorter ones, conditioned infilling of a middle gap
+  scored worse than the untrained replacement method: the model had not seen that much known
+  text (docs/results.md, 'Lengths of the known spans in training').
   """
   k_row, k_kind, k_prefix, k_n, k_start, k_len = jax.random.split(key, 6)
   pos_L = jnp.arange(L)

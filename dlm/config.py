@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype='float32',     # compute dtype of every matmul; parameters stay float32
       attention='auto',    # auto (cudnn on NVIDIA GPUs in bf16, else xla) | xla | cudnn
       remat='block',       # what the backward pass recomputes: none | block | dots (model.REMAT);
-                           # block was the fastest on the quickstart on CPU (README, Scaling out)
+                           # block was the fastest on CPU (docs/results.md, 'Rematerialisation')
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
@@ -58,10 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
       self_condition=True,        # feed the previous x0 estimate back in (+1 forward per step)
       condition_fraction=0.0,     # rows trained with known tokens (prefix / spans) for prompts
                                   # and infilling (e.g. 0.25); 0: untrained (RePaint) infilling.
-                                  # Off: 25% cost the unconditional bound 3-5% (README, Results)
+                                  # Off: it costs the unconditional bound more than a default
+                                  # may (docs/results.md, 'What known tokens cost')
       label_dropout=0.1,          # rows trained without their label (data.label), for guidance
       masked_loss='elbo',         # masked family: elbo (CE / t, the bound itself) | mean (each
-                                  # row's mean CE over its masked tokens: steadier, README Results)
+                                  # row's mean CE over its masked tokens: steadier, docs/results.md)
   ))
 
   c.train = ml_collections.ConfigDict(dict(

@@ -141,8 +141,8 @@ class Block(nn.Module):
 # every activation; block keeps only each layer's input and runs the layer forward again in the
 # backward pass (~8N instead of 6N FLOPs per token); dots keeps the outputs of the weight
 # matmuls and recomputes the rest (norms, rotary, attention, ReLU^2). On the quickstart on CPU
-# block was the fastest all the same (a train step 0.70 s against 0.86 s for none and 0.82 s
-# for dots, best of 24): less memory traffic outweighs the extra FLOPs there.
+# block was the fastest all the same: less memory traffic outweighs the extra FLOPs there
+# (docs/results.md, 'Rematerialisation').
 REMAT = ('none', 'block', 'dots')
 
 
@@ -237,7 +237,7 @@ class Transformer(nn.Module):
       if cfg.num_labels:
         # Added to every position's input like a token embedding: a direct path. Through the
         # zero-initialised time modulation instead, a keyword label had no measurable effect
-        # on TinyStories after 500 steps (success 12.5% at every guidance scale).
+        # (docs/results.md, 'How a label enters the model').
         if label_B is None:
           label_B = jnp.full(lam_B.shape, cfg.num_labels, jnp.int32)
         x_BLD = x_BLD + self.label_table[label_B][:, None, :]

@@ -43,9 +43,9 @@ import numpy as np
 from dlm import diffusion
 
 # The sampler's grid runs over these quantiles of q without its floor. At the clean end it stops
-# at the 99% point: the steps beyond it would each be charged for an SNR that grows like e^lambda
-# (on the quickstart, one last step from lambda + ln d = 2.9 to 5.1 cost 1.5 bits/token of the
-# 64-step bound), while decoding there with the denoiser's own softmax costs 0.03.
+# at the 99% point: the steps beyond it would each be charged for an SNR that grows like e^lambda,
+# while decoding there with the denoiser's own softmax costs almost nothing (docs/results.md,
+# 'The sampler's grid stops at the 99% quantile').
 SAMPLER_QUANTILES = (1e-4, 0.99)
 # LangFlow's released fit for a 768-d embedding space (mu, beta, H_inf in nats).
 LANGFLOW_MU, LANGFLOW_BETA = 4.72, 0.85

@@ -10,7 +10,7 @@ tokenizer: MB/s of text -> shard tokens (our encode path: tiktoken with nanochat
   cannot do. The ratio (reference speed / ours) must stay within 1.5.
 loader: tokens/s delivered by the grain pipeline (d12's shape: 16 accumulation steps x 32
   sequences x 1024 tokens per step) with `--num_workers` worker processes, to compare with the
-  tokens/s the train step consumes (~0.5M tok/s for d12 on one H100).
+  tokens/s the train step consumes (docs/results.md, 'The loader against the train step').
 """
 
 import argparse

@@ -348,7 +348,8 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
     """(each branch's logits (N, L, V), the temperature-1 estimate to feed back).
 
     The branches run as separate forwards of N rows rather than one of 2N: on CPU the
-    batched form cost 4.0x the unguided sampler at N = 32, the separate ones about 2x."""
+    batched form was about twice as slow (docs/results.md, 'Guidance branches as separate
+    forwards')."""
     lam_N = jnp.full((N,), lam_t)
     logits_G = []
     for label_N in labels_G:

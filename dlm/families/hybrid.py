@@ -74,8 +74,8 @@ def coupling(proposal):
   """t -> (lam(t), |dlam/dt|) with lam(t) = F_q^-1(1 - t): |dlam/dt| = 1 / q(lam).
 
   Measured against lam(t) = F_q^-1((1 - t)^4), which takes the corrupted tokens' identity away
-  early so that most of the path is masking with a faint hint: 2.200 against 2.073 bits/byte
-  on the cpu preset (TinyStories, 4,096 held-out tokens, MC +-0.012)."""
+  early so that most of the path is masking with a faint hint: that bound was worse
+  (docs/results.md, 'Model families side by side')."""
   def lam_of(t):
     lam = noise.sample(proposal, 1.0 - t)
     return lam, 1.0 / noise.density(proposal, lam)

@@ -134,8 +134,8 @@ def row_weight(masked_BL, free_BL):
   """diffusion.masked_loss=mean: each row's masked CE weighted by the inverse of the row's own
   masked fraction, so the row contributes its mean CE over its masked tokens. Given t the
   masked fraction averages t, so this is the ELBO's 1/t weighting self-normalised per row: the
-  same target, without the 1/t weights' variance (on the cpu preset, seeds 0 / 1 / 2: 1.970 /
-  1.979 / 1.938 bits/byte against 2.009 / 2.272 / 1.936 for the ELBO loss)."""
+  same target, without the 1/t weights' variance (the seeds it was measured over:
+  docs/results.md, 'Model families side by side')."""
   frac_B = jnp.sum(masked_BL, -1) / jnp.maximum(jnp.sum(free_BL, -1), 1)
   return 1.0 / jnp.maximum(frac_B, 1.0 / masked_BL.shape[-1])
 
