@@ -267,3 +267,32 @@ def test_mauve_of_held_out_text_against_itself_and_shuffled_tokens(feature_score
   same = quality.mauve_score(f_held, f_other)
   assert same['mauve'] > 0.95 and same['mauve_buckets'] == 6  # n / 10 buckets
   assert quality.mauve_score(f_held, f_shuffled)['mauve'] < 0.1
+
+
+def test_eval_command_scores_with_a_gpt2_checkpoint(trained_workdir, checkpoint, scorer):
+  """`main.py --mode=eval --scorer=<checkpoint directory>`: gen-PPL of samples and held-out
+  windows under the GPT-2 checkpoint (the held-out figure equal to the library's on the same
+  windows), its tokens' entropy and MAUVE beside."""
+  import os
+  import subprocess
+  import sys
+  from conftest import ROOT
+  from dlm import checkpoint as checkpoint_lib, data, metrics
+
+  proc = subprocess.run([sys.executable, str(ROOT / 'main.py'), '--mode=eval',
+                         f'--workdir={trained_workdir}', '--eval_tokens=64', '--batch_size=4',
+                         '--num_samples=6', '--seed=3', f'--scorer={checkpoint[0]}'],
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  r = json.loads(proc.stdout[proc.stdout.rindex('\n{') + 1:])
+  assert r['scorer']['name'] == str(checkpoint[0]) and r['scorer']['n_layer'] == LAYERS
+  for part in ('samples', 'held_out'):
+    q = r[part]
+    assert q['scorer'] == str(checkpoint[0]) and q['gen_ppl'] == pytest.approx(
+        math.exp(q['gen_nll'])) and q['scorer_unigram_entropy'] > 0
+  assert 0 <= r['samples']['mauve'] <= 1 and r['samples']['mauve_buckets'] == 2
+  run = checkpoint_lib.load_run(str(trained_workdir))
+  windows = metrics.reference_windows(data.val_tokens(str(trained_workdir)), 6, 16, 3)
+  want = quality.row_quality(windows, run.tokenizer.bos_id, scorer, run.tokenizer)
+  assert r['held_out']['gen_nll'] == pytest.approx(want['gen_nll'], abs=1e-4)
