@@ -296,3 +296,23 @@ def test_eval_command_scores_with_a_gpt2_checkpoint(trained_workdir, checkpoint,
   windows = metrics.reference_windows(data.val_tokens(str(trained_workdir)), 6, 16, 3)
   want = quality.row_quality(windows, run.tokenizer.bos_id, scorer, run.tokenizer)
   assert r['held_out']['gen_nll'] == pytest.approx(want['gen_nll'], abs=1e-4)
+
+
+def test_ablate_scores_with_a_gpt2_checkpoint(trained_workdir, checkpoint, tmp_path):
+  """An experiment command with `scorer=`: no scorer trained (the runs share the given run's
+  data), every variant's gen-PPL is the checkpoint's with MAUVE against held-out windows, and
+  the report says which scorer it used and shows both."""
+  from dlm.experiments import ablate
+  from conftest import tiny_config
+  r = ablate.ablate(tiny_config(), 'sampler', str(tmp_path), preset='tiny',
+                    scorer_workdir=str(trained_workdir), scorer=str(checkpoint[0]),
+                    log=lambda *a, **k: None)
+  assert r['scorer']['name'] == str(checkpoint[0]) and not (tmp_path / 'scorer').exists()
+  assert r['held_out']['scorer'] == str(checkpoint[0]) and r['held_out']['gen_ppl'] > 1
+  for v in r['variants']:
+    q = v['quality']
+    assert q['scorer'] == str(checkpoint[0]) and 0 <= q['mauve'] <= 1
+    assert q['gen_ppl'] == pytest.approx(math.exp(q['gen_nll']))
+  report = (tmp_path / 'report.md').read_text()
+  assert f'GPT-2-family checkpoint `{checkpoint[0]}`' in report
+  assert '| mauve |' in report.replace(' mauve |', ' mauve |') and 'nan' not in report.lower()
