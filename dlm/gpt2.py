@@ -294,6 +294,14 @@ def nll_and_features(params: dict, ids: jax.Array, lengths: jax.Array,
 # ---- scoring -------------------------------------------------------------------------------
 
 
+def counted(window: np.ndarray, eot: int) -> np.ndarray:
+  """Which of window[1:] gen-PPL counts: every token but an `<|endoftext|>` after the window's
+  first, MDLM's rule (its samples end in runs of end-of-text padding, which would otherwise
+  dominate). The first boundary is a prediction like any other token."""
+  is_eot = np.asarray(window) == eot
+  return (~is_eot | (np.cumsum(is_eot) == 1))[1:]
+
+
 @dataclasses.dataclass
 class Scorer:
   """A loaded GPT-2-family checkpoint: its name, config, parameters (on device) and tokenizer."""
@@ -312,7 +320,8 @@ class Scorer:
                           - c.n_positions * c.n_embd)}
 
   def score(self, rows: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """([per row, the NLL of its tokens 2..n, each given the ones before], (N, D) features).
+    """([per row, the NLL of its counted tokens (`counted`) from the second on, each given the
+    ones before], (N, D) features).
 
     A row longer than the context (n_positions) is scored in consecutive windows of that size,
     each window's first token given nothing and so not scored (as MDLM splits its samples);
@@ -338,7 +347,7 @@ class Scorer:
       out_nll, out_h = (np.asarray(a) for a in nll_and_features(self.params, ids, lengths,
                                                                 self.config))
       for j, (r, k, w) in enumerate(group):
-        nll[r, k] = out_nll[j, :len(w) - 1]
+        nll[r, k] = out_nll[j, :len(w) - 1][counted(w, self.tokenizer.eot_id)]
         if k == 0:
           features[r] = out_h[j]
     return [np.concatenate([nll[r, k] for k in range(-(-len(row) // n_ctx))])

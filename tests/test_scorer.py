@@ -200,7 +200,8 @@ def test_retokenised_gen_ppl_of_a_runs_rows(checkpoint, scorer):
   tok = tokenizer_lib.train_tokenizer(texts, 320)
   stream = tok.encode_documents(texts)
   rows = np.stack([stream[i:i + 24] for i in (0, 50, 100)])
-  rows[1, 0] = tok.bos_id  # a row opening with a boundary, as AR samples do
+  rows[1, [0, 12]] = tok.bos_id  # a row opening with a boundary, as AR samples do
+  rows[2, [5, 15]] = tok.bos_id
   scorer_rows = quality.retokenize(rows, tok, scorer)
   eot = scorer.tokenizer.eot_id
   for row, got in zip(rows, scorer_rows):
@@ -211,7 +212,12 @@ def test_retokenised_gen_ppl_of_a_runs_rows(checkpoint, scorer):
     assert got.tolist() == want
   assert scorer_rows[1][0] == eot
   q = quality.row_quality(rows, tok.bos_id, scorer, tok)
-  pooled = np.concatenate([_reference_nll(w['tensors'], r.tolist()) for r in scorer_rows])
+  # every token from the second on but an <|endoftext|> after the row's first (MDLM's count)
+  pooled = np.concatenate([
+      _reference_nll(w['tensors'], r.tolist())[[t != eot or (r[:i + 1] == eot).sum() == 1
+                                               for i, t in enumerate(r[1:], 1)]]
+      for r in scorer_rows])
+  assert sum((r == eot).sum() > 1 for r in scorer_rows) >= 2  # the rule is exercised
   assert q['scored_tokens'] == len(pooled)
   assert q['gen_nll'] == pytest.approx(pooled.mean(), abs=2e-4)
   assert q['gen_ppl'] == pytest.approx(math.exp(pooled.mean()), rel=1e-3)
