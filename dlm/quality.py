@@ -104,6 +104,8 @@ def gpt2_quality(scorer: gpt2.Scorer, rows: np.ndarray, tokenizer) -> tuple[dict
     gen_nll = float(pooled.mean()) if len(pooled) else float('nan')
     scorer.cache[key] = {
         'gen_nll': gen_nll, 'gen_ppl': math.exp(gen_nll), 'scorer': scorer.name,
+        # SEDD's training script averages per-sample perplexities instead (>= gen_ppl, Jensen)
+        'gen_ppl_sample_mean': float(np.mean([math.exp(x.mean()) for x in nll if len(x)])),
         'scored_tokens': int(len(pooled)),
         'scorer_tokens_per_row': float(np.mean([len(t) for t in tokens])),
         # the entropy the papers set beside gen-PPL, in the scorer's (GPT-2's) tokens

@@ -221,6 +221,7 @@ def test_retokenised_gen_ppl_of_a_runs_rows(checkpoint, scorer):
   assert q['scored_tokens'] == len(pooled)
   assert q['gen_nll'] == pytest.approx(pooled.mean(), abs=2e-4)
   assert q['gen_ppl'] == pytest.approx(math.exp(pooled.mean()), rel=1e-3)
+  assert q['gen_ppl_sample_mean'] > q['gen_ppl']  # Jensen, rows of unequal NLL
   assert 0 < q['scorer_unigram_entropy'] <= math.log2(max(len(r) for r in scorer_rows))
   with_reference = quality.row_quality(rows, tok.bos_id, scorer, tok, reference=rows)
   assert with_reference["mauve"] == pytest.approx(1, abs=1e-6)
