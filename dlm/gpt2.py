@@ -91,9 +91,10 @@ def resolve(spec: str) -> str:
   except Exception:  # not cached, or cached incompletely
     pass
   if not sources.online():
-    raise DlmError(f'scorer {spec!r}: {repo} is not in the Hugging Face cache and the hub cannot '
-                   f'be reached (offline); fetch {", ".join(FILES)} once online or pass a local '
-                   'directory holding them')
+    raise DlmError(f'scorer {spec!r}: {repo} is not in the Hugging Face cache'
+                   + ('' if spec in HUB_NAMES else ' nor a local directory')
+                   + f' and the hub cannot be reached (offline); fetch {", ".join(FILES)} once '
+                   'online or pass a local directory holding them')
   try:
     return resolve(huggingface_hub.snapshot_download(repo, allow_patterns=patterns))
   except DlmError:
@@ -316,8 +317,7 @@ class Scorer:
     c = self.config
     return {'name': self.name, 'n_layer': c.n_layer, 'n_embd': c.n_embd,
             'n_positions': c.n_positions,
-            'params': int(sum(np.size(x) for x in jax.tree.leaves(self.params))
-                          - c.n_positions * c.n_embd)}
+            'params': int(sum(np.size(x) for x in jax.tree.leaves(self.params)))}
 
   def score(self, rows: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     """([per row, the NLL of its counted tokens (`counted`) from the second on, each given the
