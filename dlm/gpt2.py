@@ -76,8 +76,9 @@ class Config:
 def resolve(spec: str) -> str:
   """A local directory holding FILES for `spec` (a directory, short name or hub id)."""
   if os.path.isdir(spec):
+    sharded = os.path.exists(os.path.join(spec, SHARDED_INDEX))
     missing = [f for f in FILES if not os.path.exists(os.path.join(spec, f))
-               and not (f == 'model.safetensors' and os.path.exists(os.path.join(spec, SHARDED_INDEX)))]
+               and not (f == 'model.safetensors' and sharded)]
     if missing:
       raise DlmError(f'{spec} is not a GPT-2 checkpoint directory: it lacks {", ".join(missing)}')
     return spec

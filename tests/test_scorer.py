@@ -170,7 +170,8 @@ def test_tokenizer_matches_the_reference_bpe(checkpoint, scorer):
     ids = scorer.tokenizer.encode(text)
     assert ids.tolist() == _reference_encode(text, w['vocab'], w['merges'])
     assert scorer.tokenizer.decode(ids) == text
-  assert len(scorer.tokenizer.encode(_texts(1, seed=7)[0])) < len(_texts(1, seed=7)[0].encode()) / 1.5
+  story = _texts(1, seed=7)[0]
+  assert len(scorer.tokenizer.encode(story)) < len(story.encode()) / 1.5  # the merges apply
 
 
 def test_nll_equals_the_numpy_reference(checkpoint, scorer):

@@ -478,7 +478,8 @@ def write_ablation(workdir: str, r: dict) -> None:
                + (f"; held-out windows of the samples' shape score gen-PPL "
                   f"{r['held_out']['gen_ppl']:.2f} at unigram entropy "
                   f"{r['held_out']['unigram_entropy']:.3f} bits" if r.get('held_out') else '')
-               if 'name' in r.get('scorer', {}) else f"the same AR scorer (`{r['scorer_workdir']}`)")
+               if 'name' in r.get('scorer', {})
+               else f"the same AR scorer (`{r['scorer_workdir']}`)")
   rows = []
   for v in variants:
     f, q = v['final'], v['quality']
@@ -497,7 +498,8 @@ def write_ablation(workdir: str, r: dict) -> None:
 Command: `{r['command'] or 'dlm.experiments.ablate.ablate(...)'}` (preset `{r['preset']}`)
 
 Every trained variant sees the same data and number of tokens and is evaluated on the same
-held-out windows; samples at temperature 1 are scored by {scored_by}. {len(runs)} trained run(s) for {len(variants)} variants: variants
+held-out windows; samples at temperature 1 are scored by {scored_by}.
+{len(runs)} trained run(s) for {len(variants)} variants: variants
 that differ only in sample settings share one trained model, and so its bound
 {'(' + '; '.join(shared) + ')' if shared else ''}. Bits are upper bounds with the
 standard error over sequences (±) and the Monte-Carlo error of the bound's draws (MC ±); the
