@@ -56,8 +56,11 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Evaluation batch size (0: c
 _BOUND_SAMPLES = flags.DEFINE_integer('bound_samples', 0, 'eval: log-SNR draws per sequence for '
                                       'the bounds (0: config); more draws, less Monte-Carlo error.')
 _EVAL_DATA = flags.DEFINE_string('eval_data', '', 'Evaluate on this text file instead.')
-_SCORER = flags.DEFINE_string('scorer', '', 'eval: workdir of the AR scorer for gen-PPL '
-                              '(configs/scorer.py); without it samples get statistics only.')
+_SCORER = flags.DEFINE_string('scorer', '', 'eval: the gen-PPL scorer: a GPT-2-family checkpoint '
+                              '(gpt2-large, another hub name or a local directory in the hub\'s '
+                              'layout; adds MAUVE against held-out text, docs/scoring.md) or the '
+                              'workdir of an AR run (configs/scorer.py); without it samples get '
+                              'statistics only.')
 _TOP_P = flags.DEFINE_float('top_p', 0.0, 'Nucleus mass for autoregressive runs (0: config).')
 _SAMPLER = flags.DEFINE_string('sampler', '', 'ancestral | ddim | dpm++2m (empty: config).')
 _SCORE_TEMPERATURE = flags.DEFINE_float('score_temperature', 0.0,
@@ -203,7 +206,7 @@ def _eval(workdir: str) -> None:
     if _BOUND_SAMPLES.value < 2:
       raise DlmError('--bound_samples must be >= 2 (two replicas for the Monte-Carlo error)')
     c.eval.bound_samples = _BOUND_SAMPLES.value
-  scorer = checkpoint.load_run(_SCORER.value) if _SCORER.value else None
+  scorer = quality.load_scorer(_SCORER.value) if _SCORER.value else None
   if scorer is not None:
     quality.check_scorer(run, scorer, _SEQ_LEN.value or c.sample.seq_len or L)
   eval_tokens = _EVAL_TOKENS.value or c.eval.eval_tokens
@@ -249,14 +252,17 @@ def _print_curve(curve: dict, level: str, proposal) -> None:
 
 
 def _eval_samples(run, stream, scorer) -> dict:
-  """Sample quality at the flags' settings beside held-out windows of the same shape."""
-  from dlm import metrics, quality, storage
+  """Sample quality at the flags' settings beside held-out windows of the same shape (with a
+  GPT-2-family scorer, MAUVE of the samples against those windows too)."""
+  from dlm import gpt2, metrics, quality, storage
   n = _NUM_SAMPLES.value or run.config.sample.num_samples
-  samples = quality.sample_quality(run, n, seed=_SEED.value, scorer=scorer,
-                                   seq_len=_SEQ_LEN.value, **_sampler_flags())
-  held_out = quality.row_quality(metrics.reference_windows(stream, n, samples['seq_len'],
-                                                           _SEED.value),
-                                 run.tokenizer.bos_id, scorer)
+  L = _SEQ_LEN.value or run.config.sample.seq_len or run.model_config.sequence_len  # sampling's
+  windows = metrics.reference_windows(stream, n, L, _SEED.value)
+  samples = quality.sample_quality(run, n, seed=_SEED.value, scorer=scorer, seq_len=L,
+                                   reference=windows, **_sampler_flags())
+  held_out = quality.row_quality(windows, run.tokenizer.bos_id, scorer, run.tokenizer)
+  if isinstance(scorer, gpt2.Scorer):
+    return {'samples': samples, 'held_out': held_out, 'scorer': scorer.describe()}
   return {'samples': samples, 'held_out': held_out,
           'scorer': storage.absolute(_SCORER.value) if scorer else None}
 

@@ -142,6 +142,8 @@ ROWS = [
         '--bound_samples must be >= 2'),
     Row('scorer_not_autoregressive', 'trained', (*EVAL, '--scorer={wd}'),
         'is not an autoregressive run'),
+    Row('scorer_gpt2_offline', 'trained', (*EVAL, '--scorer=gpt2-large'),
+        "scorer 'gpt2-large': openai-community/gpt2-large is not in the Hugging Face cache"),
     Row('eval_bad_self_condition', 'trained', (*EVAL, '--self_condition=twice'),
         "--self_condition='twice': expected one of"),
 ]

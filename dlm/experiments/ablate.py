@@ -1,7 +1,8 @@
 """Ablations of the diffusion recipe at equal tokens, each evaluated and written to a report.
 
   python -m dlm.experiments.ablate --config configs/quickstart.py --sweep=allocation \
-      --workdir runs/ablate_allocation --preset=cpu [--scorer_workdir=runs/compare/scorer]
+      --workdir runs/ablate_allocation --preset=cpu [--scorer_workdir=runs/compare/scorer] \
+      [--scorer=gpt2-large]
 
 Sweeps: family (every diffusion family: gaussian / masked / hybrid, each with its own sample
 settings), allocation (the seed's cosine schedule with uniform times / LangFlow's Gumbel /
@@ -19,7 +20,9 @@ training overrides trains once (its workdir is named after them, `base` for none
 evaluated once; each variant then samples with its own settings, those of them its family takes
 (a `sample.sampler` means nothing to a family without samplers). Like `compare`, the scorer is
 trained first unless given, and every run reads its prepared tokens (and so its tokenizer) in
-place.
+place; with `--scorer` (a GPT-2-family checkpoint) none is trained, GPT-2 scores the
+retokenised samples and each variant's quality carries MAUVE against held-out windows of the
+samples' shape (docs/scoring.md).
 """
 
 import functools
@@ -29,7 +32,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from dlm import checkpoint, data, quality, samplers
+from dlm import checkpoint, data, gpt2, metrics, quality, samplers
 from dlm.errors import DlmError
 from dlm.experiments import common, report
 
@@ -78,15 +81,19 @@ def train_and_evaluate(c, wd: str, scorer, log) -> dict:
 
 
 def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
-           log=print, command: str = '') -> dict:
+           log=print, command: str = '', scorer: str = '') -> dict:
   if sweep not in SWEEPS:
     raise DlmError(f'unknown sweep {sweep!r}; expected one of {sorted(SWEEPS)}')
   p = common.preset(preset)
   base = common.diffusion_config(c, preset)
   os.makedirs(workdir, exist_ok=True)
-  scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
-  scorer = checkpoint.load_run(scorer_workdir)
+  scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log, scorer)
+  scorer = common.load_scorer(scorer, scorer_workdir)
   n = p['num_samples']
+  reference = held_out = None
+  if isinstance(scorer, gpt2.Scorer):  # MAUVE's reference: held-out rows shaped like samples
+    reference = metrics.reference_windows(data.val_tokens(scorer_workdir), n,
+                                          base.sample.seq_len or base.model.sequence_len)
   runs, variants = {}, []
   for name, overrides in SWEEPS[sweep]:
     train_overrides, settings = common.split_overrides(overrides)
@@ -101,10 +108,15 @@ def ablate(c, sweep: str, workdir: str, preset: str = 'cpu', scorer_workdir: str
     variants.append({
         'name': name, 'overrides': overrides, 'run': key, 'final': g['final'],
         **{k: g[k] for k in ('workdir', 'train_wall_s', 'tokens_per_sec', 'tokens_per_step')},
-        'quality': quality.sample_quality(g['run'], n, seed=1, scorer=scorer, **options),
+        'quality': quality.sample_quality(g['run'], n, seed=1, scorer=scorer,
+                                          reference=reference, **options),
         'samples_per_sec': quality.samples_per_second(g['run'], n, **options)})
+    if reference is not None and held_out is None:
+      tokenizer = g['run'].tokenizer
+      held_out = quality.row_quality(reference, tokenizer.bos_id, scorer, tokenizer)
   results = {'sweep': sweep, 'preset': preset, 'command': command,
-             'scorer_workdir': scorer_workdir, 'variants': variants,
+             'scorer_workdir': scorer_workdir, 'scorer': quality.describe_scorer(scorer),
+             'held_out': held_out, 'variants': variants,
              'runs': {k: {'workdir': g['workdir'], 'final': g['final'],
                           'diffusion_dim': g['diffusion_dim'], 'loss_curve': g['loss_curve'],
                           'variants': [v['name'] for v in variants if v['run'] == k]}
@@ -121,9 +133,14 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
   _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs and report go '
                                  '(default runs/ablate_<sweep>).')
   _PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
-  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
+  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run (with '
+                                 '--scorer: only the run whose prepared data to share).')
+  _CHECKPOINT = flags.DEFINE_string('scorer', '', 'Score with this GPT-2-family checkpoint '
+                                    '(gpt2-large, a hub id or a local directory; adds MAUVE) '
+                                    'instead of a self-trained AR scorer.')
   common.run_cli(lambda: ablate(
       common.required_config(_CONFIG), _SWEEP.value,
       _WORKDIR.value or f'runs/ablate_{_SWEEP.value}', _PRESET.value, _SCORER.value,
       log=functools.partial(print, flush=True),
-      command='python -m dlm.experiments.ablate ' + ' '.join(sys.argv[1:])))
+      command='python -m dlm.experiments.ablate ' + ' '.join(sys.argv[1:]),
+      scorer=_CHECKPOINT.value))

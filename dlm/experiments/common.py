@@ -134,15 +134,30 @@ def on_data_of(c, source_workdir: str):
   return c
 
 
-def ensure_scorer(c, workdir: str, scorer_workdir: str, log) -> str:
-  """The scorer run to use: the given one, or one trained now (for runs of config c) in
-  workdir/scorer. Every compared run then trains on the scorer's prepared data and tokenizer."""
+def ensure_scorer(c, workdir: str, scorer_workdir: str, log, scorer: str = '') -> str:
+  """The run whose prepared data (tokenizer included) every compared run reads: the given
+  scorer run, or else one made now under workdir. Without a `scorer` checkpoint that is the
+  self-trained scorer (`scorer_config` of c, trained in workdir/scorer), which also scores.
+  With one (a GPT-2-family name or directory, `quality.load_scorer`) nothing needs training:
+  workdir/shared_data holds the data alone (`train.prepare`), and the checkpoint scores."""
   if scorer_workdir:
     return scorer_workdir
+  if scorer:
+    source = os.path.join(workdir, 'shared_data')
+    log('== preparing the shared data')
+    train.prepare(c, source, log=log)
+    return source
   scorer_workdir = os.path.join(workdir, 'scorer')
   log('== training the scorer')
   train_run(scorer_config(c), scorer_workdir, log)
   return scorer_workdir
+
+
+def load_scorer(scorer: str, scorer_workdir: str):
+  """The scorer of an experiment: the GPT-2-family checkpoint `scorer` when given, else the AR
+  run in scorer_workdir."""
+  from dlm import quality
+  return quality.load_scorer(scorer or scorer_workdir)
 
 
 def train_run(c, workdir: str, log) -> dict:

@@ -3,12 +3,15 @@ tokens, evaluate them on the same held-out windows, write one report.
 
   python -m dlm.experiments.compare --config configs/quickstart.py --workdir runs/compare \
       --preset=cpu [--families=gaussian,masked,hybrid] [--scorer_workdir=runs/scorer] \
-      [--config.data.path=...]
+      [--scorer=gpt2-large] [--config.data.path=...]
 
 Order: the scorer (configs/scorer.py's rule: a larger AR model) is trained first, unless an
 existing one is given; every run reads its prepared tokens in place (`data.path` set to the
 scorer's prepared directory), so all read the same tokens with the same tokenizer (checked
-before scoring). Then each listed diffusion family (the config with `model.family` set) and the
+before scoring). With `--scorer` (a GPT-2-family checkpoint, `dlm.gpt2`) no scorer is
+trained: the data is prepared alone in workdir/shared_data, every gen-PPL is GPT-2's on the
+retokenised text, and each quality figure carries MAUVE against the held-out windows
+(docs/scoring.md). Then each listed diffusion family (the config with `model.family` set) and the
 AR twin (`twin.ar_twin` of the Gaussian config, matched non-embedding parameters) train on the
 same data, optimiser and budget, each in workdir/<family> (the twin in workdir/ar); a finished
 run is reused, an interrupted one resumed.
@@ -97,20 +100,22 @@ def context_gain(run, windows: np.ndarray, batch: int, levels=CONTEXT_LEVELS,
           'gain_stderr': se}
 
 
-def steps_sweep(run, n: int, steps, scorer) -> list[dict]:
+def steps_sweep(run, n: int, steps, scorer, reference: np.ndarray) -> list[dict]:
   """Sample quality at temperature 1 over step counts, for each of the family's samplers (its
   default where it has no choice); [] for a family without `num_steps` (the AR twin)."""
   family = families.of(run.model_config)
   if 'num_steps' not in family.SAMPLE_OPTIONS:
     return []
   samplers = [{'sampler': s} for s in getattr(family, 'SAMPLERS', ())] or [{}]
-  return [quality.sample_quality(run, n, seed=1, scorer=scorer, temperature=1.0, num_steps=s,
-                                 **sampler) for sampler in samplers for s in steps]
+  return [quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
+                                 temperature=1.0, num_steps=s, **sampler)
+          for sampler in samplers for s in steps]
 
 
 def measure(name: str, trained: dict, scorer, windows: np.ndarray, batch: int, held_out: dict,
-            p: dict, log) -> dict:
-  """Every figure of one family's trained run (see the module docstring)."""
+            p: dict, log, reference: np.ndarray | None = None) -> dict:
+  """Every figure of one family's trained run (see the module docstring); `reference`: the
+  held-out rows MAUVE compares samples with (GPT-2-family scorers only)."""
   log(f'== evaluating {name}')
   wd = trained['workdir']
   run = checkpoint.load_run(wd)
@@ -118,8 +123,8 @@ def measure(name: str, trained: dict, scorer, windows: np.ndarray, batch: int, h
   quality.check_scorer(run, scorer, run.model_config.sequence_len)
   n = p['num_samples']
   curve = common.evaluate_checkpoints(wd, windows, batch, trained['tokens_per_step'])
-  sweep = [quality.sample_quality(run, n, seed=1, scorer=scorer, temperature=t)
-           for t in p['temperatures']]
+  sweep = [quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
+                                  temperature=t) for t in p['temperatures']]
   example = run.tokenizer.decode_documents(sampling.sample_array(run, 1, seed=2)[0][0])
   return {
       **trained, 'family': name, 'summary': family.SUMMARY, 'exact': family.EXACT,
@@ -128,40 +133,42 @@ def measure(name: str, trained: dict, scorer, windows: np.ndarray, batch: int, h
       'non_embedding_params': count_params(run.params, True), 'params': count_params(run.params),
       'final': curve[-1], 'checkpoints': curve, 'temperature_sweep': sweep,
       'matched_entropy': matched_entropy(sweep, held_out['unigram_entropy']),
-      'steps_sweep': steps_sweep(run, n, p['num_steps'], scorer),
+      'steps_sweep': steps_sweep(run, n, p['num_steps'], scorer, reference),
       'context': context_gain(run, windows, batch),
       'speed': {f'samples_per_sec_batch_{b}': quality.samples_per_second(run, b) for b in (1, n)},
       'loss_curve': common.loss_curve(wd), 'example': '\n\n'.join(example)}
 
 
 def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
-            names: tuple = common.DIFFUSION, log=print, command: str = '') -> dict:
-  """names: the diffusion families to train and measure beside the AR twin."""
+            names: tuple = common.DIFFUSION, log=print, command: str = '',
+            scorer: str = '') -> dict:
+  """names: the diffusion families to train and measure beside the AR twin; scorer: a
+  GPT-2-family checkpoint to score with instead of the self-trained AR scorer."""
   p = common.preset(preset)
   base = common.diffusion_config(c, preset)
   configs = common.family_configs(base, names)
   os.makedirs(workdir, exist_ok=True)
-  scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
+  scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log, scorer)
   trained = {}
   for name, fc in configs.items():
     log(f'== training {name}')
     trained[name] = common.train_run(common.on_data_of(fc, scorer_workdir),
                                      os.path.join(workdir, name), log)
 
-  scorer = checkpoint.load_run(scorer_workdir)
+  scorer = common.load_scorer(scorer, scorer_workdir)
   L = base.model.sequence_len
   val = data.val_tokens(trained[ar.NAME]['workdir'])
   windows = data.eval_windows(val, L, base.eval.eval_tokens)
   batch = min(base.eval.batch_size, len(windows))
-  held_out = quality.row_quality(metrics.reference_windows(val, p['num_samples'], L),
-                                 scorer.tokenizer.bos_id, scorer)
-  results = {'preset': preset, 'command': command, 'scorer': {
-      'workdir': scorer_workdir, 'non_embedding_params': count_params(scorer.params, True),
-      'n_layer': scorer.model_config.n_layer, 'n_embd': scorer.model_config.n_embd},
-      'held_out': held_out, 'bound_samples': base.eval.bound_samples,
-      'context_levels': list(CONTEXT_LEVELS),
-      'families': {name: measure(name, t, scorer, windows, batch, held_out, p, log)
-                   for name, t in trained.items()}}
+  tokenizer = checkpoint.load_run(trained[ar.NAME]['workdir']).tokenizer
+  reference = metrics.reference_windows(val, p['num_samples'], L)
+  held_out = quality.row_quality(reference, tokenizer.bos_id, scorer, tokenizer)
+  results = {'preset': preset, 'command': command,
+             'scorer': {'workdir': scorer_workdir, **quality.describe_scorer(scorer)},
+             'held_out': held_out, 'bound_samples': base.eval.bound_samples,
+             'context_levels': list(CONTEXT_LEVELS),
+             'families': {name: measure(name, t, scorer, windows, batch, held_out, p, log,
+                                        reference) for name, t in trained.items()}}
   common.write_json(os.path.join(workdir, 'results.json'), results)
   report.write_compare(workdir, results)
   log(f'== wrote {os.path.join(workdir, "report.md")}')
@@ -172,10 +179,15 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'The diffusion config compared.')
   _WORKDIR = flags.DEFINE_string('workdir', 'runs/compare', 'Where the runs and report go.')
   _PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
-  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
+  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run (with '
+                                 '--scorer: only the run whose prepared data to share).')
+  _CHECKPOINT = flags.DEFINE_string('scorer', '', 'Score with this GPT-2-family checkpoint '
+                                    '(gpt2-large, a hub id or a local directory; adds MAUVE) '
+                                    'instead of a self-trained AR scorer.')
   _FAMILIES = flags.DEFINE_string('families', ','.join(common.DIFFUSION),
                                   'The diffusion families compared, comma-separated.')
   common.run_cli(lambda: compare(
       common.required_config(_CONFIG), _WORKDIR.value, _PRESET.value, _SCORER.value,
       common.parse_families(_FAMILIES.value), log=functools.partial(print, flush=True),
-      command='python -m dlm.experiments.compare ' + ' '.join(sys.argv[1:])))
+      command='python -m dlm.experiments.compare ' + ' '.join(sys.argv[1:]),
+      scorer=_CHECKPOINT.value))

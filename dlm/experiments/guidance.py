@@ -39,7 +39,8 @@ def success(rows: np.ndarray, label, target: int) -> dict:
 
 
 def guidance(c, label_spec: str, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
-             value: str = 'yes', scales=SCALES, log=print, command: str = '') -> dict:
+             value: str = 'yes', scales=SCALES, log=print, command: str = '',
+             scorer: str = '') -> dict:
   if not label_spec:
     raise DlmError('--label is required, e.g. --label=keyword:dog')
   if any(w < 0 for w in scales):
@@ -49,25 +50,26 @@ def guidance(c, label_spec: str, workdir: str, preset: str = 'cpu', scorer_workd
   c.data.label = label_spec
   labels.check_spec(label_spec)
   os.makedirs(workdir, exist_ok=True)
-  scorer_workdir = common.ensure_scorer(c, workdir, scorer_workdir, log)
+  scorer_workdir = common.ensure_scorer(c, workdir, scorer_workdir, log, scorer)
   c = common.on_data_of(c, scorer_workdir)
   log(f'== training the diffusion model with data.label={label_spec}')
   trained = common.train_run(c, os.path.join(workdir, 'diffusion'), log)
   run = checkpoint.load_run(trained['workdir'])
-  scorer = checkpoint.load_run(scorer_workdir)
+  scorer = common.load_scorer(scorer, scorer_workdir)
   quality.check_scorer(run, scorer, c.model.sequence_len)
   label = labels.build(label_spec, run.tokenizer)
   target = label.index(value)
   n, L = p['num_samples'], c.model.sequence_len
   val = data.val_tokens(run.workdir)
   ref_rows = metrics.reference_windows(val, max(n, 512), L)
-  held_out = {**quality.row_quality(ref_rows[:n], run.tokenizer.bos_id, scorer),
+  held_out = {**quality.row_quality(ref_rows[:n], run.tokenizer.bos_id, scorer, run.tokenizer),
               **success(ref_rows, label, target)}
   log(f'held-out windows: {held_out["success_rate"]:.1%} have {label_spec}={value}')
   rows = []
   for W in scales:
     tokens, used = sampling.sample_array(run, n, seed=1, label=value, guidance=W)
-    q = quality.row_quality(tokens, run.tokenizer.bos_id, scorer)
+    q = quality.row_quality(tokens, run.tokenizer.bos_id, scorer, run.tokenizer,
+                            reference=ref_rows[:n])
     rows.append({**used, 'guidance': W, **q, **success(tokens, label, target)})
     log(f'W={W:g}: success {rows[-1]["success_rate"]:.1%}, gen-PPL {q["gen_ppl"]:.1f}, '
         f'unigram entropy {q["unigram_entropy"]:.2f}')
@@ -81,6 +83,7 @@ def guidance(c, label_spec: str, workdir: str, preset: str = 'cpu', scorer_workd
   speed['guided_cost_ratio'] = speed['unguided'] / speed['guided']
   results = {'preset': preset, 'command': command, 'label': label_spec, 'value': value,
              'workdir': trained['workdir'], 'scorer_workdir': scorer_workdir,
+             'scorer': quality.describe_scorer(scorer),
              'train_wall_s': trained['train_wall_s'], 'num_samples': n,
              'held_out': held_out, 'scales': rows, 'speed': speed,
              'examples': _examples(run, value, scales)}
@@ -101,15 +104,16 @@ def write_report(workdir: str, r: dict) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   h = r['held_out']
+  mauve = any('mauve' in x for x in r['scales'])  # with a GPT-2-family scorer
   table = report._table(
       ['guidance W', f'success ({r["label"]}={r["value"]})', 'gen-PPL', 'unigram entropy',
-       'distinct-2', 'repetition'],
+       'distinct-2', 'repetition'] + ['MAUVE'] * mauve,
       [[f'{x["guidance"]:g}', f'{x["success_rate"]:.1%} ± {x["success_stderr"]:.1%}',
         f'{x["gen_ppl"]:.1f}', f'{x["unigram_entropy"]:.3f}', f'{x["distinct_2"]:.3f}',
-        f'{x["repetition_rate"]:.3f}'] for x in r['scales']]
+        f'{x["repetition_rate"]:.3f}'] + [report._f(x.get('mauve'))] * mauve for x in r['scales']]
       + [['held-out text', f'{h["success_rate"]:.1%} ± {h["success_stderr"]:.1%} (base rate)',
           f'{h["gen_ppl"]:.1f}', f'{h["unigram_entropy"]:.3f}', f'{h["distinct_2"]:.3f}',
-          f'{h["repetition_rate"]:.3f}']])
+          f'{h["repetition_rate"]:.3f}'] + ['–'] * mauve])
   fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
   W = [x['guidance'] for x in r['scales']]
   a1.errorbar(W, [x['success_rate'] for x in r['scales']],
@@ -123,6 +127,10 @@ def write_report(workdir: str, r: dict) -> None:
   a2.legend()
   plot = report._save(fig, workdir, 'guidance.png')
   s = r['speed']
+  scorer = r.get('scorer', {})
+  scored_by = (f"the GPT-2-family checkpoint `{scorer['name']}` on the retokenised text, MAUVE "
+               "against the held-out windows (docs/scoring.md)" if 'name' in scorer
+               else f"the scorer in `{r['scorer_workdir']}`")
   examples = '\n\n'.join(f'**W = {k}**\n\n> ' + v.replace('\n', ' ') for k, v in
                          r['examples'].items())
   text = f"""# Classifier-free guidance: {r['label']} = {r['value']}
@@ -131,7 +139,7 @@ def write_report(workdir: str, r: dict) -> None:
 
 {r['num_samples']} samples per scale, temperature 1, the run's sampler and steps; success is
 the label read off each sample's tokens by the function training used (± binomial standard
-error); gen-PPL under the scorer in `{r['scorer_workdir']}`.
+error); gen-PPL under {scored_by}.
 
 {table}
 
@@ -156,7 +164,11 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
   _SCALES = flags.DEFINE_list('scales', [f'{w:g}' for w in SCALES], 'Guidance scales.')
   _WORKDIR = flags.DEFINE_string('workdir', 'runs/guidance', 'Where the run and report go.')
   _PRESET = flags.DEFINE_enum('preset', 'cpu', sorted(common.PRESETS), 'Experiment size.')
-  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run.')
+  _SCORER = flags.DEFINE_string('scorer_workdir', '', 'An already trained scorer run (with '
+                                 '--scorer: only the run whose prepared data to share).')
+  _CHECKPOINT = flags.DEFINE_string('scorer', '', 'Score with this GPT-2-family checkpoint '
+                                    '(gpt2-large, a hub id or a local directory; adds MAUVE) '
+                                    'instead of a self-trained AR scorer.')
 
   def _scales():
     try:
@@ -167,4 +179,5 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
   common.run_cli(lambda: guidance(
       common.required_config(_CONFIG), _LABEL.value, _WORKDIR.value, _PRESET.value,
       _SCORER.value, _VALUE.value, _scales(), log=functools.partial(print, flush=True),
-      command='python -m dlm.experiments.guidance ' + ' '.join(sys.argv[1:])))
+      command='python -m dlm.experiments.guidance ' + ' '.join(sys.argv[1:]),
+      scorer=_CHECKPOINT.value))

@@ -39,9 +39,29 @@ def _save(fig, workdir: str, name: str) -> str:
   return f'![{name}]({name})'
 
 
-def _quality_row(label: str, q: dict) -> list:
+# With a GPT-2-family scorer: the entropy of the samples in its tokens, and MAUVE vs held-out text.
+SCORER_QUALITY = ('scorer_unigram_entropy', 'mauve')
+
+
+def _quality_keys(qs) -> tuple[str, ...]:
+  return QUALITY + tuple(k for k in SCORER_QUALITY if any(k in q for q in qs))
+
+
+def _quality_row(label: str, q: dict, keys=QUALITY) -> list:
   return [label] + [_f(q.get(k), '.2f' if k in ('gen_ppl', 'first_document_length') else '.3f')
-                    for k in QUALITY]
+                    for k in keys]
+
+
+def _scorer_sentence(s: dict) -> str:
+  """Which model gave gen-PPL: a GPT-2-family checkpoint (`name`) or the self-trained scorer."""
+  if 'name' in s:
+    return (f"The scorer for gen-PPL is the GPT-2-family checkpoint `{s['name']}` ({s['n_layer']} "
+            f"layers × {s['n_embd']}): each sample is decoded to text and re-encoded by its "
+            "tokenizer, and MAUVE compares the samples with held-out text on its features "
+            "(docs/scoring.md); it is none of the models compared.")
+  return (f"The scorer for gen-PPL is a separate AR model ({s['n_layer']} layers × "
+          f"{s['n_embd']}, {s['non_embedding_params']:,} non-embedding parameters) trained on "
+          "the same split; it is none of the models compared.")
 
 
 def _settings(q: dict) -> str:
@@ -305,13 +325,14 @@ def write_compare(workdir: str, r: dict) -> None:
   mid = _middle(levels)
   context_rows = [[k] + [_gain(v['context'], i) for i in range(len(levels))]
                   for k, v in diffusion.items()]
-  q_rows = [_quality_row(f'{k}, T={q["temperature"]}', q) for k, v in fam.items()
+  keys = _quality_keys([q for v in fam.values() for q in v['temperature_sweep']])
+  q_rows = [_quality_row(f'{k}, T={q["temperature"]}', q, keys) for k, v in fam.items()
             for q in v['temperature_sweep']]
-  q_rows.append(_quality_row('held-out text', h))
+  q_rows.append(_quality_row('held-out text', h, keys))
   m_rows = [[k, f'{m["temperature"]:.3f}', f'{m["unigram_entropy"]:.3f}', f'{m["gen_ppl"]:.2f}',
              'yes' if m['bracketed'] else f'no: held-out entropy {m["side"]} the sweep']
             for k, v in fam.items() for m in [v['matched_entropy']]]
-  s_rows = [[_curve_name(k, q)] + _quality_row(f'{q["num_steps"]}', q)
+  s_rows = [[_curve_name(k, q)] + _quality_row(f'{q["num_steps"]}', q, keys)
             for k, v in diffusion.items() for q in v['steps_sweep']]
   speed_rows = [[k, f'{v["n_layer"]} × {v["n_embd"]}', f'{v["non_embedding_params"]:,}',
                  f'{v["params"]:,}', f'{v["tokens_per_sec"]:,.0f}', f'{v["train_wall_s"]:.0f}',
@@ -332,10 +353,7 @@ Command: `{r['command'] or 'dlm.experiments.compare.compare(...)'}` (preset `{r[
 
 Every model shares the backbone, data, tokenizer, optimiser and token budget
 ({a['tokens_per_step']:,} tokens per step, {af['step']} steps): the diffusion families
-{', '.join(f'`{k}`' for k in diffusion)} and the AR twin. The scorer for
-gen-PPL is a separate AR model ({r['scorer']['n_layer']} layers × {r['scorer']['n_embd']},
-{r['scorer']['non_embedding_params']:,} non-embedding parameters) trained on the same split;
-it is none of the models compared.
+{', '.join(f'`{k}`' for k in diffusion)} and the AR twin. {_scorer_sentence(r['scorer'])}
 
 **Headline.** Bits/byte ÷ the AR twin's: {'; '.join(headline)}.
 Sampling steps, gen-PPL at {few} steps ÷ at {many} steps (target: within
@@ -405,7 +423,7 @@ seq-rep-4, the fraction of boundary tokens and the tokens before the first bound
 text in windows of the same number and length for reference. Read gen-PPL only together with
 the entropy: low-entropy, repetitive text scores a low gen-PPL.
 
-{_table(['samples'] + list(QUALITY), q_rows)}
+{_table(['samples'] + list(keys), q_rows)}
 
 At the held-out text's unigram entropy ({h['unigram_entropy']:.3f} bits), log gen-PPL and the
 temperature interpolated linearly in entropy between the sweep's points (where the sweep does
@@ -421,7 +439,7 @@ Each family that takes a number of steps, with each of its samplers. The AR twin
 T = {_reference_quality(a)['temperature']:g} scores gen-PPL {_reference_quality(a)['gen_ppl']:.2f},
 held-out text {h['gen_ppl']:.2f}.
 
-{_table(['sampler', 'steps'] + list(QUALITY), s_rows)}
+{_table(['sampler', 'steps'] + list(keys), s_rows)}
 
 {plots['steps']}
 
@@ -454,6 +472,14 @@ def write_ablation(workdir: str, r: dict) -> None:
   bars = _save(fig, workdir, 'bits_per_byte.png')
 
   finals = {k: v['final'] for k, v in runs.items()}
+  extra = _quality_keys([v['quality'] for v in variants])[len(QUALITY):]
+  scored_by = (f"the GPT-2-family checkpoint `{r['scorer']['name']}` on the retokenised text, "
+               "with MAUVE against held-out windows (docs/scoring.md)"
+               + (f"; held-out windows of the samples' shape score gen-PPL "
+                  f"{r['held_out']['gen_ppl']:.2f} at unigram entropy "
+                  f"{r['held_out']['unigram_entropy']:.3f} bits" if r.get('held_out') else '')
+               if 'name' in r.get('scorer', {})
+               else f"the same AR scorer (`{r['scorer_workdir']}`)")
   rows = []
   for v in variants:
     f, q = v['final'], v['quality']
@@ -464,15 +490,16 @@ def write_ablation(workdir: str, r: dict) -> None:
                  significance.vs_others(f, others) or ('–' if not others else 'significant'),
                  _f(q.get('gen_ppl'), '.2f'), f'{q["unigram_entropy"]:.3f}',
                  f'{q["repetition_rate"]:.3f}', f'{v["tokens_per_sec"]:,.0f}',
-                 f'{v["train_wall_s"]:.0f}', f'{v["samples_per_sec"]:.2f}'])
+                 f'{v["train_wall_s"]:.0f}', f'{v["samples_per_sec"]:.2f}']
+                + [_f(q.get(k)) for k in extra])
   shared = [f'{label[k]} (`{k}`)' for k, v in runs.items() if len(v['variants']) > 1]
   text = f"""# Ablation: {r['sweep']}
 
 Command: `{r['command'] or 'dlm.experiments.ablate.ablate(...)'}` (preset `{r['preset']}`)
 
 Every trained variant sees the same data and number of tokens and is evaluated on the same
-held-out windows; samples at temperature 1 are scored by the same AR scorer
-(`{r['scorer_workdir']}`). {len(runs)} trained run(s) for {len(variants)} variants: variants
+held-out windows; samples at temperature 1 are scored by {scored_by}.
+{len(runs)} trained run(s) for {len(variants)} variants: variants
 that differ only in sample settings share one trained model, and so its bound
 {'(' + '; '.join(shared) + ')' if shared else ''}. Bits are upper bounds with the
 standard error over sequences (±) and the Monte-Carlo error of the bound's draws (MC ±); the
@@ -481,7 +508,7 @@ Monte-Carlo errors of the nearest other trained variant's bound is flagged: that
 
 {_table(['variant', 'trained run', 'family', 'sample settings', 'bits/byte',
          'bits/token', 'discrete bits/byte', 'verdict', 'gen-PPL', 'unigram entropy',
-         'seq-rep-4', 'train tokens/s', 'train wall s', 'samples/s'], rows)}
+         'seq-rep-4', 'train tokens/s', 'train wall s', 'samples/s', *extra], rows)}
 
 What each trained run's bound describes:
 
