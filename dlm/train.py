@@ -48,9 +48,11 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
 
 
-# Sampler steps of the samples drawn at each evaluation (fewer when sample.num_steps is): a
-# glance at the text, not its best quality, for a fraction of the evaluation's cost.
+# The samples drawn at each evaluation: at most this many sampler steps (fewer when
+# sample.num_steps is) and tokens (the AR twin takes a step per token): a glance at the text,
+# not its best quality, for a fraction of the evaluation's cost.
 EVAL_SAMPLE_STEPS = 32
+EVAL_SAMPLE_TOKENS = 128
 
 
 # Test hook (not a setting): optimiser steps whose gradients are replaced by NaN, to exercise
@@ -272,7 +274,8 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
     options = ({'num_steps': min(c.sample.num_steps, EVAL_SAMPLE_STEPS)}
                if 'num_steps' in family.SAMPLE_OPTIONS else {})
     n = -(-c.train.eval_samples // n_dev) * n_dev  # whole rows per device
-    out = sampling.generate(run, num_samples=n, seed=c.seed, **options)
+    out = sampling.generate(run, num_samples=n, seq_len=min(L, EVAL_SAMPLE_TOKENS), seed=c.seed,
+                            **options)
     return {'samples': [r['text'] for r in out[:c.train.eval_samples]]}
 
   def validate(state, done: int, discrete: bool = False) -> dict:
