@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
       tensorboard=True,           # TensorBoard event files in workdir/tensorboard
       wandb_project='',           # a Weights & Biases project to log to as well ('' : none)
       eval_samples=2,             # samples drawn at each evaluation, logged as text (0: none)
+      eval_bound_samples=2,       # draws per sequence of the bound at the evaluations before the
+                                  # final one (two replicas: its MC error); the final one takes
+                                  # eval.bound_samples
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -285,6 +288,7 @@ RULES = {
     'train.tensorboard': _boolean,
     'train.wandb_project': _string,
     'train.eval_samples': _integer(0),
+    'train.eval_bound_samples': _integer(2),  # two replicas at least, for the Monte-Carlo error
     'data.path': _string,
     'data.val_path': _string,
     'data.val_fraction': _number(0, 1, high_open=True),
@@ -395,6 +399,7 @@ MAY_CHANGE_ON_RESUME = (
     'train.logits_chunk',      # how the cross-entropy is split in memory, not its value
     'train.max_bad_steps',     # when to give up on non-finite steps
     'train.tensorboard', 'train.wandb_project', 'train.eval_samples',  # what is tracked where
+    'train.eval_bound_samples',  # how precisely (a new value starts a new series of draws)
     'model.attention',         # the same attention computed by another kernel
     'model.remat',             # what the backward pass recomputes, not what it computes
     'data.num_workers',        # how batches are loaded, not which

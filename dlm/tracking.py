@@ -99,7 +99,11 @@ class _TensorBoard:
   A remote workdir's file is written locally and uploaded whole (`flush`)."""
 
   def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter
+    try:
+      from tensorboardX import SummaryWriter
+    except ImportError:
+      raise DlmError('train.tensorboard needs the tensorboardX package: pip install tensorboardX '
+                     '(or --config.train.tensorboard=False)') from None
     self.target = storage.join(workdir, TENSORBOARD_DIR)
     self.remote = storage.is_remote(workdir)
     storage.makedirs(self.target)

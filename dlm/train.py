@@ -246,6 +246,11 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
                     in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                     donate_argnums=(0,))
   eval_config = ml_collections.FrozenConfigDict(c)
+  # The evaluations before the final one bound with fewer draws (train.eval_bound_samples): on
+  # configs/quickstart.py 8 draws cost 15 times the objective alone (docs/tracking.md).
+  val_config = c.copy_and_resolve_references()
+  val_config.eval.bound_samples = c.train.eval_bound_samples
+  val_config = ml_collections.FrozenConfigDict(val_config)
   train_key = jax.random.key(c.seed + 1)
   peak = peak_flops(jax.devices()[0])
   tokens_per_step = B * accumulation * L
@@ -256,10 +261,11 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   def get_batch():
     return next(train_iter)
 
-  def evaluate_now(state, bound: bool, discrete: bool = True) -> dict:
-    return evaluate.evaluate(state_lib.sampling_params(state), model, eval_config, val_windows,
+  def evaluate_now(state, final: bool) -> dict:
+    return evaluate.evaluate(state_lib.sampling_params(state), model,
+                             eval_config if final else val_config, val_windows,
                              tok.token_bytes(), batch_size=min(B, len(val_windows)), seed=c.seed,
-                             bound=bound, proposal=state_lib.proposal(state), discrete=discrete)
+                             bound=True, proposal=state_lib.proposal(state), discrete=final)
 
   def curve_record(state) -> dict:
     return {'ce_vs_logsnr': noise.summary(state['noise'], c.diffusion)} if 'noise' in state else {}
@@ -278,12 +284,13 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
                             **options)
     return {'samples': [r['text'] for r in out[:c.train.eval_samples]]}
 
-  def validate(state, done: int, discrete: bool = False) -> dict:
+  def validate(state, done: int, final: bool = False) -> dict:
     """The held-out evaluation at step `done` into metrics.jsonl (and the trackers): the
-    likelihood in bits (the bound of a diffusion family from eval.bound_samples fixed draws,
-    with its Monte-Carlo error; the AR twin's exact NLL), comparable across steps and runs,
-    the training objective on held-out windows as val_loss, the CE curves and a few samples."""
-    r = evaluate_now(state, bound=True, discrete=discrete)
+    likelihood in bits, comparable across steps and runs (a diffusion family's bound from
+    train.eval_bound_samples draws fixed by the seed, with its Monte-Carlo error; at the final
+    evaluation from eval.bound_samples draws, with the discrete bound too; the AR twin's exact
+    NLL), the training objective on held-out windows as val_loss, the CE curves, samples."""
+    r = evaluate_now(state, final)
     curves = {k: r[k] for k in ('heldout_ce_vs_level', 'level') if k in r}
     metrics_log.write({'step': done, **{k: v for k, v in r.items() if isinstance(v, float)},
                        **curves, **curve_record(state), **samples(state, done)})
@@ -368,7 +375,7 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   ckpts.close()
 
   # ---- final evaluation and a look at the samples --------------------------------------
-  return validate(state, T, discrete=True)
+  return validate(state, T, final=True)
 
 
 def _val_line(r: dict, exact: bool) -> str:

@@ -77,6 +77,7 @@ def test_event_files_hold_every_logged_step_once_and_the_same_validation_figure(
   run = checkpoint.load_run(str(tmp_path), 3)
   B, L = c.train.device_batch_size, c.model.sequence_len
   windows = data.eval_windows(data.val_tokens(str(tmp_path), B * L), L, B * L)
+  run.config.eval.bound_samples = c.train.eval_bound_samples  # the draws of the evaluations
   again = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(run.config),
                             windows, run.tokenizer.token_bytes(), batch_size=B, seed=c.seed,
                             bound=True, proposal=run.proposal, discrete=False)
