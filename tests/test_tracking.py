@@ -86,19 +86,19 @@ def test_event_files_hold_every_logged_step_once_and_the_same_validation_figure(
 
 
 def test_kill9_and_resume_leave_each_step_once_in_the_event_files(tmp_path):
-  """main.py killed (SIGKILL) once its event file holds step 9 or later, checkpoint 8: the
-  resumed run writes the event files again from metrics.jsonl, so no step is there twice."""
+  """main.py held in the save of its last checkpoint (12) and killed with SIGKILL once its event
+  file holds steps after checkpoint 8: the resumed run writes the event files again from
+  metrics.jsonl, so steps 9 to 12 are not there twice."""
   from test_failures import T, _Run
   workdir = tmp_path / 'run'
-  run = _Run(tmp_path, workdir, STEP_SLEEP='0.3')
-  deadline = time.monotonic() + 120
-  while not (workdir / 'tensorboard').exists() or max(
-      _series(_events(workdir / 'tensorboard'), 'train/loss') or [0]) < 9:
-    assert run.proc.poll() is None and time.monotonic() < deadline, run.finish()
-    time.sleep(0.05)
+  run = _Run(tmp_path, workdir, PAUSE=f'save:{T}')
+  run.wait_for_mark()
+  deadline = time.monotonic() + 30  # tensorboardX's thread flushes every 2 s
+  while max(_series(_events(workdir / 'tensorboard'), 'train/loss') or [0]) < T:
+    assert time.monotonic() < deadline
+    time.sleep(0.1)
   run.kill()
   run.finish()
-  assert max(_series(_events(workdir / 'tensorboard'), 'train/loss')) < T
   rc, out, err = _Run(tmp_path, workdir).finish()
   assert rc == 0, err
   assert 'resuming from checkpoint 8' in out
