@@ -46,7 +46,7 @@ def _series(events, tag) -> dict:
 
 
 def test_event_files_hold_every_logged_step_once_and_the_same_validation_figure(tmp_path, quiet):
-  c = tiny_config(**{'train.eval_every': 3, 'train.num_iterations': 6})
+  c = tiny_config(**{'train.eval_every': 3, 'train.num_iterations': 6, 'train.eval_samples': 2})
   final = train.train(c, str(tmp_path), log=quiet)
   records = _records(tmp_path / 'metrics.jsonl')
   events = _events(tmp_path / 'tensorboard')
@@ -119,10 +119,10 @@ def test_a_gs_workdir_gets_its_event_file_and_tensorboard_off_writes_none(tmp_pa
   assert sorted(_series(events, 'train/loss')) == [1, 2, 3]
   assert sorted(_series(events, 'val/bits_per_byte')) == [0, 3]
   local = tmp_path / 'local'
-  train.train(tiny_config(**{'train.num_iterations': 1, 'train.tensorboard': False,
-                             'train.eval_samples': 0}), str(local), log=quiet)
+  train.train(tiny_config(**{'train.num_iterations': 1, 'train.tensorboard': False}),
+              str(local), log=quiet)
   assert not (local / 'tensorboard').exists()
-  assert not any('samples' in r for r in _records(local / 'metrics.jsonl'))
+  assert not any('samples' in r for r in _records(local / 'metrics.jsonl'))  # eval_samples=0
 
 
 def _wandb_records(path):
@@ -164,8 +164,7 @@ def test_wandb_offline_keeps_its_run_id_and_a_resume_continues_it(tmp_path, monk
   monkeypatch.setenv('WANDB_MODE', 'offline')
   monkeypatch.setenv('WANDB_SILENT', 'true')
   c = tiny_config(**{'train.num_iterations': 4, 'train.checkpoint_every': 2,
-                     'train.tensorboard': False, 'train.eval_samples': 0,
-                     'train.wandb_project': 'dlm-test'})
+                     'train.tensorboard': False, 'train.wandb_project': 'dlm-test'})
   assert train.train(c, str(tmp_path), log=quiet, stop_after=2) is None
   run_id = (tmp_path / 'wandb_run_id').read_text().strip()
   train.train(c, str(tmp_path), log=quiet)
