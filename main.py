@@ -341,7 +341,8 @@ def _check_output(workdir: str) -> None:
   if os.path.isdir(path):
     raise DlmError(f'--output={_OUTPUT.value} is a directory; give a file name')
   inside = os.path.relpath(path, os.path.realpath(workdir)).split(os.sep)
-  if inside[0] in ('config.json', 'metrics.jsonl', 'checkpoints', 'data', 'tokenizer'):
+  if inside[0] in ('config.json', 'metrics.jsonl', 'checkpoints', 'data', 'tokenizer',
+                   'tensorboard', 'wandb', 'wandb_run_id'):
     raise DlmError(f'--output={_OUTPUT.value} would overwrite the run\'s own '
                    f'{inside[0]}; write elsewhere')
   parent = os.path.dirname(path)

@@ -90,6 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
                                   # of float32 logits per device (whole sequences when they fit)
       max_bad_steps=10,           # consecutive steps with a non-finite loss or gradient (each
                                   # skipped) after which the run stops
+      tensorboard=True,           # TensorBoard event files in workdir/tensorboard
+      wandb_project='',           # a Weights & Biases project to log to as well ('' : none)
+      eval_samples=2,             # samples drawn at each evaluation, logged as text (0: none)
+      eval_bound_samples=2,       # draws per sequence of the bound at the evaluations before the
+                                  # final one (two replicas: its MC error); the final one takes
+                                  # eval.bound_samples
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -280,6 +286,10 @@ RULES = {
     'train.fsdp': _integer(1),
     'train.logits_chunk': _integer(0),  # 0: automatic
     'train.max_bad_steps': _integer(1),
+    'train.tensorboard': _boolean,
+    'train.wandb_project': _string,
+    'train.eval_samples': _integer(0),
+    'train.eval_bound_samples': _integer(2),  # two replicas at least, for the Monte-Carlo error
     'data.path': _string,
     'data.val_path': _string,
     'data.val_fraction': _number(0, 1, high_open=True),
@@ -389,6 +399,8 @@ MAY_CHANGE_ON_RESUME = (
     'train.keep_checkpoints', 'train.compilation_cache',  # reporting, saving and caching
     'train.logits_chunk',      # how the cross-entropy is split in memory, not its value
     'train.max_bad_steps',     # when to give up on non-finite steps
+    'train.tensorboard', 'train.wandb_project', 'train.eval_samples',  # what is tracked where
+    'train.eval_bound_samples',  # how precisely (a new value starts a new series of draws)
     'model.attention',         # the same attention computed by another kernel
     'model.remat',             # what the backward pass recomputes, not what it computes
     'data.num_workers',        # how batches are loaded, not which

@@ -41,6 +41,7 @@ def _summary(prefix: str, nats_N, tokens: int, num_bytes: int, mc_var: float | N
              float(nats_N.std(ddof=1) / np.sqrt(n) / per_token / LN2) if n > 1 else float('nan')}
   if mc_var is not None:
     out[f'{prefix}bits_per_token_mc_stderr'] = float(np.sqrt(mc_var) / tokens / LN2)
+    out[f'{prefix}bits_per_byte_mc_stderr'] = float(np.sqrt(mc_var) / LN2 / max(num_bytes, 1))
   return out
 
 
@@ -73,14 +74,19 @@ class _Tally:
 def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np.ndarray,
              batch_size: int, seed: int = 0, progress=None, bound: bool = True,
              proposal=None, discrete: bool = True) -> dict:
-  """val_loss and (unless bound=False) the likelihood of `windows` in bits per token / byte.
+  """val_loss (the training objective on held-out windows) and (unless bound=False) the
+  likelihood of `windows` in bits per token / byte.
 
   windows: consecutive slices of one token stream, (n, L). The AR model scores every token of
   every window (the first with the token before it as context, `context_tokens`), a diffusion
   model bounds each window as a whole: the same tokens, the same bytes. proposal: the run's
-  noise proposal q (`state.proposal`) for the families that keep one; it decides the training
-  objective's noise levels too, so val_loss is only comparable between runs with the same
-  allocation. discrete=False skips the discrete T-step bound.
+  noise proposal q (`state.proposal`) for the families that keep one. It decides the training
+  objective's noise levels too, so for those families val_loss is only comparable between
+  runs, or steps of one run, with the same proposal (it rises while the proposal moves towards
+  the hard levels); the bound bounds the held-out NLL of the model as it stands whatever the
+  proposal, which is why training reports it as its validation figure. The draws come from
+  `seed` alone: the same weights and proposal give the same numbers at every call.
+  discrete=False skips the discrete T-step bound.
   """
   family = families.of(model.cfg)
   n = (len(windows) // batch_size) * batch_size

@@ -13,21 +13,29 @@ class MetricsLog:
   resumes from (all of them when it starts afresh), and the final evaluation when it resumes at
   the last step (killed during it), so no step appears twice; and a torn last line left by a
   kill mid-write. The new file replaces the old one whole (`storage.write_text`), so a kill
-  during the rewrite leaves one or the other."""
+  during the rewrite leaves one or the other.
 
-  def __init__(self, workdir: str, resume_step: int, last_step: int | None = None):
+  tracker: a `dlm.tracking.Tracker` fed the same records: first those kept, then each new one."""
+
+  def __init__(self, workdir: str, resume_step: int, last_step: int | None = None,
+               tracker=None):
     self.path = storage.join(workdir, 'metrics.jsonl')
     self.enabled = sharding.is_main_process()
+    self.tracker = tracker
     if not self.enabled:
       return
-    kept = [line for line, r in _whole_records(self.path)
+    kept = [(line, r) for line, r in _whole_records(self.path)
             if _kept(r.get('step', 0), 'loss' in r, resume_step, last_step)]
-    storage.write_text(self.path, ''.join(kept))  # whole or not at all
+    storage.write_text(self.path, ''.join(line for line, _ in kept))  # whole or not at all
+    if tracker is not None:
+      tracker.start([r for _, r in kept])
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
     storage.append_lines(self.path, [json.dumps(record) + '\n'])
+    if self.tracker is not None:
+      self.tracker.write(record)
 
 
 def _kept(step: int, is_loss: bool, resume_step: int, last_step: int | None) -> bool:

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dlm import (checkpoint, data, evaluate, families, labels, noise, preemption, runlock,
-                 sharding, storage)
+                 sampling, sharding, storage, tracking)
 from dlm import config as config_lib
 from dlm import metrics_log as metrics_log_lib
 from dlm import state as state_lib
@@ -46,6 +46,13 @@ def enable_compilation_cache(path: str) -> None:
   is set already (by the user, or by the tests)."""
   if path and not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+
+
+# The samples drawn at each evaluation: at most this many sampler steps (fewer when
+# sample.num_steps is) and tokens (the AR twin takes a step per token): a glance at the text,
+# not its best quality, for a fraction of the evaluation's cost.
+EVAL_SAMPLE_STEPS = 32
+EVAL_SAMPLE_TOKENS = 128
 
 
 # Test hook (not a setting): optimiser steps whose gradients are replaced by NaN, to exercise
@@ -239,29 +246,60 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
                     in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                     donate_argnums=(0,))
   eval_config = ml_collections.FrozenConfigDict(c)
+  # The evaluations before the final one bound with fewer draws (train.eval_bound_samples): on
+  # configs/quickstart.py 8 draws cost 15 times the objective alone (docs/tracking.md).
+  val_config = c.copy_and_resolve_references()
+  val_config.eval.bound_samples = c.train.eval_bound_samples
+  val_config = ml_collections.FrozenConfigDict(val_config)
   train_key = jax.random.key(c.seed + 1)
   peak = peak_flops(jax.devices()[0])
   tokens_per_step = B * accumulation * L
-  metrics_log = metrics_log_lib.MetricsLog(workdir, start, c.train.num_iterations)
+  tracker = tracking.Tracker(c, workdir)
+  held.callback(tracker.close)  # whatever ends the run: event files flushed, W&B run finished
+  metrics_log = metrics_log_lib.MetricsLog(workdir, start, c.train.num_iterations, tracker)
 
   def get_batch():
     return next(train_iter)
 
-  def evaluate_now(state, bound: bool, discrete: bool = True) -> dict:
-    return evaluate.evaluate(state_lib.sampling_params(state), model, eval_config, val_windows,
+  def evaluate_now(state, final: bool) -> dict:
+    return evaluate.evaluate(state_lib.sampling_params(state), model,
+                             eval_config if final else val_config, val_windows,
                              tok.token_bytes(), batch_size=min(B, len(val_windows)), seed=c.seed,
-                             bound=bound, proposal=state_lib.proposal(state), discrete=discrete)
+                             bound=True, proposal=state_lib.proposal(state), discrete=final)
 
   def curve_record(state) -> dict:
     return {'ce_vs_logsnr': noise.summary(state['noise'], c.diffusion)} if 'noise' in state else {}
 
+  def samples(state, done: int) -> dict:
+    """A few short samples of the weights at step `done`, the same seed every time, so two
+    evaluations differ by what the model learnt (`train.eval_samples`; few sampler steps)."""
+    if not c.train.eval_samples:
+      return {}
+    run = checkpoint.Run(eval_config, mcfg, model, state_lib.sampling_params(state),
+                         state_lib.proposal(state), tok, done, workdir)
+    options = ({'num_steps': min(c.sample.num_steps, EVAL_SAMPLE_STEPS)}
+               if 'num_steps' in family.SAMPLE_OPTIONS else {})
+    n = -(-c.train.eval_samples // n_dev) * n_dev  # whole rows per device
+    out = sampling.generate(run, num_samples=n, seq_len=min(L, EVAL_SAMPLE_TOKENS), seed=c.seed,
+                            **options)
+    return {'samples': [r['text'] for r in out[:c.train.eval_samples]]}
+
+  def validate(state, done: int, final: bool = False) -> dict:
+    """The held-out evaluation at step `done` into metrics.jsonl (and the trackers): the
+    likelihood in bits, comparable across steps and runs (a diffusion family's bound from
+    train.eval_bound_samples draws fixed by the seed, with its Monte-Carlo error; at the final
+    evaluation from eval.bound_samples draws, with the discrete bound too; the AR twin's exact
+    NLL), the training objective on held-out windows as val_loss, the CE curves, samples."""
+    r = evaluate_now(state, final)
+    curves = {k: r[k] for k in ('heldout_ce_vs_level', 'level') if k in r}
+    metrics_log.write({'step': done, **{k: v for k, v in r.items() if isinstance(v, float)},
+                       **curves, **curve_record(state), **samples(state, done)})
+    return r
+
   if start == 0:  # the sanity check: an untrained model sits at log2(V)
-    init = evaluate_now(state, bound=True, discrete=False)
-    if 'bits_per_token' in init:
-      rel = '=' if family.EXACT else '<='  # AR: exact NLL; diffusion: an upper bound
-      log(f'init: val_loss {init["val_loss"]:.4f} | bits/token {rel} {init["bits_per_token"]:.3f} '
-          f'(log2 V = {np.log2(mcfg.vocab_size):.3f}) | bits/byte {rel} {init["bits_per_byte"]:.3f}')
-    metrics_log.write({'step': 0, **{k: v for k, v in init.items() if isinstance(v, float)}})
+    init = validate(state, 0)
+    log(f'init: {_val_line(init, family.EXACT)} (log2 V = {np.log2(mcfg.vocab_size):.3f} '
+        'bits/token)')
 
   # ---- the loop: dispatch step N, then read back step N-1's metrics -------------------
   T = c.train.num_iterations
@@ -312,9 +350,7 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
     flush()
     pending = (step + 1, metrics)
     if c.train.eval_every and (step + 1) % c.train.eval_every == 0 and step + 1 < T:
-      val = evaluate_now(state, bound=False)['val_loss']
-      log(f'step {step + 1}: val_loss {val:.4f}')
-      metrics_log.write({'step': step + 1, 'val_loss': val, **curve_record(state)})
+      log(f'step {step + 1}: {_val_line(validate(state, step + 1), family.EXACT)}')
     if (step + 1) % c.train.checkpoint_every == 0 and step + 1 < T:
       flush()  # the step's line before its checkpoint: a kill after the save loses no line
       check_faults(state['faults']['streak'])
@@ -339,10 +375,17 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   ckpts.close()
 
   # ---- final evaluation and a look at the samples --------------------------------------
-  result = evaluate_now(state, bound=True)
-  metrics_log.write({'step': T, **{k: v for k, v in result.items() if isinstance(v, float)},
-                     **curve_record(state)})
-  return result
+  return validate(state, T, final=True)
+
+
+def _val_line(r: dict, exact: bool) -> str:
+  """The validation figure of an evaluation: bits/byte (exact, or an upper bound with its
+  Monte-Carlo error), bits/token, then the held-out training objective."""
+  rel = '=' if exact else '<='
+  mc = r.get('bits_per_byte_mc_stderr')
+  return (f'val bits/byte {rel} {r["bits_per_byte"]:.4f}'
+          + (f' (Monte-Carlo error ±{mc:.4f})' if mc is not None else '')
+          + f' | bits/token {rel} {r["bits_per_token"]:.3f} | val_loss {r["val_loss"]:.4f}')
 
 
 def _log_step(log, r: dict, total: int) -> None:

@@ -36,6 +36,7 @@ def tiny_config(**overrides):
   c.train.log_every = 1
   c.train.eval_every = 0
   c.train.eval_batches = 1
+  c.train.eval_samples = 0  # a sampler compile per run: only tests/test_tracking.py reads them
   c.train.checkpoint_every = 3
   c.sample.num_steps = 10
   c.eval.batch_size = 4

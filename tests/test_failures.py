@@ -82,7 +82,8 @@ if pause.startswith('save:'):  # the async save of that step, written but not ye
 if pause == 'final_eval':
   from dlm import evaluate
   evaluate_ = evaluate.evaluate
-  evaluate.evaluate = lambda *a, **k: hold() if k.get('bound') else evaluate_(*a, **k)
+  evaluate.evaluate = lambda *a, **k: (hold() if k.get('bound') and k.get('discrete', True)
+                                       else evaluate_(*a, **k))  # the final one: discrete too
 sys.argv[0] = main
 runpy.run_path(main, run_name='__main__')
 '''

@@ -33,7 +33,7 @@ def test_resume_after_preemption_continues_the_same_loss_curve(tmp_path, quiet):
 def test_checkpoint_and_workdir_layout(tmp_path, quiet, capfd, caplog):
   train.train(tiny_config(), str(tmp_path), log=quiet)
   assert sorted(p.name for p in tmp_path.iterdir()) == [
-      'checkpoints', 'config.json', 'data', 'metrics.jsonl', 'tokenizer']
+      'checkpoints', 'config.json', 'data', 'metrics.jsonl', 'tensorboard', 'tokenizer']
   capfd.readouterr()
   caplog.clear()
   run = checkpoint.load_run(str(tmp_path))

@@ -87,12 +87,20 @@ def _error_bits_per_byte(f: dict) -> float:
 
 
 def _plot_losses(workdir, named_curves: dict, name='loss_curves.png') -> str:
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for label, curve in named_curves.items():
+  """Training loss, and beside it the validation figure of each evaluation in metrics.jsonl:
+  bits/byte (a diffusion family's bound, the AR twin's exact NLL), comparable across steps
+  and runs where the held-out training objective is not (it follows the moving proposal)."""
+  fig, (ax, val) = plt.subplots(1, 2, figsize=(11, 4))
+  for i, (label, curve) in enumerate(named_curves.items()):
     pts = [(r['step'], r['loss']) for r in curve if 'loss' in r]
     if pts:
-      ax.plot(*zip(*pts), label=label)
+      ax.plot(*zip(*pts), label=label, color=f'C{i}')
+    pts = [(r['step'], r['bits_per_byte']) for r in curve
+           if 'loss' not in r and 'bits_per_byte' in r]
+    if pts:
+      val.plot(*zip(*pts), label=label, color=f'C{i}', marker='.')
   ax.set(xlabel='step', ylabel='training loss (nats/token)', title='Training loss')
+  val.set(xlabel='step', ylabel='bits/byte (bound or exact NLL)', title='Validation')
   ax.legend()
   return _save(fig, workdir, name)
 
