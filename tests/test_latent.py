@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_config
 from dlm import autoencoder, checkpoint, config as config_lib, data, evaluate, sampling, train
 from dlm.errors import DlmError
+from dlm.families import latent
 
 STORY = ('The cat sat on the mat. The dog ran to the park. A bird sang in the tree. '
          'The sun was warm and the sky was blue.\n\n')
@@ -138,6 +139,11 @@ def test_the_evaluation_gives_reconstruction_and_no_likelihood(latent_run):
   again = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(c), windows, run.tokenizer.token_bytes(), 4,
                             seed=c.seed, proposal=run.proposal)
   assert again['reconstruction_accuracy'] == acc
+  # what the denoiser learns from context: the probe chunks' CE with a noisy context
+  probe = latent.context_probe(run.params, run.model, ml_collections.FrozenConfigDict(c),
+                               windows, jax.random.key(0), run.proposal,
+                               jax.numpy.array([0.1, 0.9]), False)
+  assert probe.shape == (2,) and np.all(np.isfinite(probe)) and probe[1] > probe[0]
 
 
 def test_bad_inputs_are_one_line_errors(latent_run, tmp_path, quiet):
