@@ -90,18 +90,28 @@ def sphere(u):
   return u * jax.lax.rsqrt(jnp.sum(u * u, -1, keepdims=True) + 1e-12) * math.sqrt(u.shape[-1])
 
 
+class Stack(nn.Module):
+  """The backbone's blocks (`model.layers`) without time conditioning, named `blocks` so that
+  the optimiser (Muon for their matrices) and the sharding rules know them."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, rope):
+    return layers(self.cfg)(x, None, rope, None, None)[0]
+
+
 class Autoencoder(nn.Module):
   shape: Shape
 
   def setup(self):
     cfg = self.shape.backbone
     self.wte = self.param('wte', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.n_embd))
-    self.encoder = layers(cfg, 'encoder')
+    self.encoder = Stack(cfg, name='encoder')
     self.to_latent = nn.Dense(self.shape.dim, use_bias=False, name='to_latent')
     self.from_latent = nn.Dense(self.shape.chunk * cfg.n_embd, use_bias=False, name='from_latent')
     self.within = self.param('within', nn.initializers.normal(1.0),
                              (self.shape.chunk, cfg.n_embd))  # position inside a chunk
-    self.decoder = layers(cfg, 'decoder')
+    self.decoder = Stack(cfg, name='decoder')
     self.head = nn.Dense(cfg.vocab_size, use_bias=False, name='head')
 
   def __call__(self, tokens_BL):
@@ -112,7 +122,7 @@ class Autoencoder(nn.Module):
     cfg, c = self.shape.backbone, self.shape.chunk
     B, L = tokens_BL.shape
     x = rms_norm(self.wte[tokens_BL].reshape(B * L // c, c, cfg.n_embd))
-    x, _ = self.encoder(x, None, rotary(c, cfg.head_dim), None, None)
+    x = self.encoder(x, rotary(c, cfg.head_dim))
     return sphere(self.to_latent(rms_norm(x).reshape(B, L // c, c * cfg.n_embd)))
 
   def decode(self, latents_BNE):
@@ -121,7 +131,7 @@ class Autoencoder(nn.Module):
     B, N, _ = latents_BNE.shape
     x = self.from_latent(latents_BNE).reshape(B, N, c, cfg.n_embd) + self.within
     x = rms_norm(x.reshape(B, N * c, cfg.n_embd))
-    x, _ = self.decoder(x, None, rotary(N * c, cfg.head_dim), None, None)
+    x = self.decoder(x, rotary(N * c, cfg.head_dim))
     return self.head(rms_norm(x)).astype(jnp.float32)
 
 
