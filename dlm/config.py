@@ -133,9 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
                                   # same size as the diffusion stage's: its share of the budget
       layers=0,                   # layers of the encoder and of the decoder; 0: model's n_layer
       noise=0.25,                 # largest std of the Gaussian noise on latents while training
-      dropout=0.05,               # dropout rate of latent coordinates while training (0.25 /
-                                  # 0.05 against 0.5 / 0.1: 97.2% of tokens back instead of
-                                  # 93.8% after 400 steps, docs/latent.md)
+                                  # (the sampler ends near 0.3 in standardised units)
+      dropout=0.05,               # dropout rate of latent coordinates while training
       stat_batches=8,             # training batches the latent mean / std are measured on
   ))
 
