@@ -18,10 +18,12 @@ STORY = ('The cat sat on the mat. The dog ran to the park. A bird sang in the tr
 
 
 def latent_config(**overrides):
-  """A tiny two-stage run (conftest's tiny_config): 40 autoencoder steps, 6 diffusion steps."""
+  """A tiny two-stage run (conftest's tiny_config): 40 autoencoder steps, 6 diffusion steps,
+  with known chunks and a label in training."""
   c = tiny_config(**{'model.family': 'latent', 'diffusion.parameterization': 'x0',
                      'diffusion.condition_fraction': 0.25, 'latent.iterations': 40,
-                     'latent.stat_batches': 2, 'latent.dim': 16, 'latent.noise': 0.1})
+                     'latent.stat_batches': 2, 'latent.dim': 16, 'latent.noise': 0.1,
+                     'data.label': 'keyword:cat'})
   for key, value in overrides.items():
     section, name = key.split('.')
     c[section][name] = value
@@ -174,3 +176,15 @@ def test_a_finished_autoencoder_is_reused(latent_run, corpus, tmp_path, quiet):
   run, base = checkpoint.load_run(str(tmp_path / 'reuse')), checkpoint.load_run(str(latent_run[0]))
   same = jax.tree.map(np.array_equal, run.proposal['frozen'], base.proposal['frozen'])
   assert all(jax.tree.leaves(same))
+
+
+def test_guidance_steers_with_the_same_labels_as_the_other_families(latent_run):
+  run = checkpoint.load_run(str(latent_run[0]))
+  kw = dict(num_samples=2, seq_len=16, num_steps=4, label='yes', seed=0)
+  conditional, guided = sampling.generate(run, guidance=1, **kw), sampling.generate(
+      run, guidance=3, **kw)
+  assert [r['tokens'] for r in conditional] != [r['tokens'] for r in guided]
+  for r in conditional + guided:
+    assert r['label'] == 'yes' and r['attribute'] in ('yes', 'no')
+  with pytest.raises(DlmError, match='--guidance=-1'):
+    sampling.generate(run, guidance=-1, **kw)
