@@ -316,8 +316,12 @@ def _train(workdir: str) -> None:
         f' | bits/token {rel} {result["bits_per_token"]:.3f}'
         + (f' (Monte-Carlo error ±{mc:.3f})' if mc is not None else '')
         + f' | bits/byte {rel} {result["bits_per_byte"]:.3f}' if 'bits_per_byte' in result else ''))
-    if mc is not None:
+    if mc is not None or 'bits_per_byte' not in result and 'likelihood' in result:
       print(f'       {result["likelihood"]}')
+    if 'reconstruction_accuracy' in result:
+      r = result['reconstruction_accuracy']
+      print(f'       reconstruction: {r["clean"]:.2%} of tokens from clean latents, '
+            f'{r["noisy"]:.2%} at the sampler\'s last noise level (std {r["sigma"]:.3f})')
   run = checkpoint.load_run(workdir)
   records = sampling.generate(run, num_samples=c.sample.num_samples, seed=c.seed)
   if sharding.is_main_process():  # every process samples (collectives), one prints

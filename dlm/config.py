@@ -130,6 +130,21 @@ def base_config() -> ml_collections.ConfigDict:
       top_p=1.0,                  # autoregressive runs: nucleus sampling mass (1: off)
   ))
 
+  c.latent = ml_collections.ConfigDict(dict(  # the latent family (docs/latent.md)
+      chunk=4,                    # tokens per latent vector (model.sequence_len must divide)
+      dim=32,                     # width of a latent vector
+      autoencoder='',             # '' trains the autoencoder stage in <workdir>/autoencoder;
+                                  # a path reuses that finished stage (same tokenizer, length,
+                                  # chunk and dim)
+      iterations=1000,            # optimiser steps of the autoencoder stage, batches of the
+                                  # same size as the diffusion stage's: its share of the budget
+      layers=0,                   # layers of the encoder and of the decoder; 0: model's n_layer
+      noise=0.25,                 # largest std of the Gaussian noise on latents while training
+                                  # (the sampler ends near 0.3 in standardised units)
+      dropout=0.05,               # dropout rate of latent coordinates while training
+      stat_batches=8,             # training batches the latent mean / std are measured on
+  ))
+
   c.eval = ml_collections.ConfigDict(dict(
       eval_tokens=65536,          # seed --eval_tokens
       batch_size=8,               # seed --batch_size
@@ -149,14 +164,15 @@ def model_config(c, vocab_size: int) -> ModelConfig:
   n_head = m.n_head or max(1, n_embd // 64)
   if m.vocab_size and m.vocab_size < vocab_size:
     raise DlmError(f'model.vocab_size={m.vocab_size} is smaller than the tokenizer\'s {vocab_size}')
-  return ModelConfig(
+  fields = dict(
       vocab_size=m.vocab_size or vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
       sequence_len=m.sequence_len, diffusion_dim=m.diffusion_dim, family=m.family,
       normalize_embeddings=c.diffusion.normalize_embeddings,
       learn_embeddings=c.diffusion.learn_embeddings, path=c.diffusion.path,
       num_labels=len(labels.VALUES) if c.data.label and m.family != 'ar' else 0, dtype=m.dtype,
-      attention=attention(c), remat=m.remat,
-      **families.get(m.family).model_fields(c))  # causal, conditioning, prior_logits
+      attention=attention(c), remat=m.remat)
+  # causal, conditioning, prior_logits, and whatever else the family sets for itself
+  return ModelConfig(**{**fields, **families.get(m.family).model_fields(c)})
 
 
 def attention(c) -> str:
@@ -313,6 +329,14 @@ RULES = {
     'sample.top_p': _number(0, 1, low_open=True),
     'sample.order': _one_of('random', 'confidence'),
     'sample.cache': _boolean,
+    'latent.chunk': _integer(1),
+    'latent.dim': _integer(2),
+    'latent.autoencoder': _string,
+    'latent.iterations': _integer(1),
+    'latent.layers': _integer(0),      # 0: model's n_layer
+    'latent.noise': _number(0),
+    'latent.dropout': _number(0, 1, high_open=True),
+    'latent.stat_batches': _integer(1),
     'eval.eval_tokens': _integer(1),
     'eval.batch_size': _integer(1),
     'eval.bound_samples': _integer(2),  # two replicas at least, for the Monte-Carlo error
@@ -374,6 +398,7 @@ def validate(c, num_devices: int | None = 1) -> None:
   _require(d.loss == 'ce' or m.family == 'gaussian',
            f'diffusion.loss={d.loss} is the Gaussian family\'s (the seed\'s MSE on '
            f'embeddings); model.family={m.family} trains with cross-entropy (loss=ce)')
+  families.get(m.family).model_fields(c)  # a family refuses what it cannot run, in one line
   _require(s.seq_len <= m.sequence_len,
            f'sample.seq_len={s.seq_len} exceeds model.sequence_len={m.sequence_len}')
   if num_devices is not None:

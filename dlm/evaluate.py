@@ -12,6 +12,11 @@ independently of the tokenizer. A diffusion family also gives the discrete T-ste
 T-step sampler (T = eval.discrete_steps or sample.num_steps), and its held-out cross-entropy
 against the corruption level of each draw (`heldout_ce_vs_level`: log-SNR for the Gaussian
 and hybrid families, the masked fraction for the masked family).
+
+A family may have no likelihood to give (the latent family: a deterministic autoencoder assigns
+no probability to text): its `bound` returns no nats, the JSON carries no bits, and its
+`likelihood` field says why; what it reports instead (`means`, e.g. the latent family's
+`reconstruction_accuracy`) is averaged over the held-out sequences.
 """
 
 import functools
@@ -53,14 +58,20 @@ def context_tokens(windows: np.ndarray) -> np.ndarray:
 
 
 class _Tally:
-  """Per-sequence nats, Monte-Carlo variance, parts and (level, CE) draws of one bound."""
+  """Per-sequence nats, Monte-Carlo variance, parts and (level, CE) draws of one bound, and the
+  per-sequence values of a family without one (`means`)."""
 
   def __init__(self):
     self.nats, self.mc_var, self.parts, self.level, self.ce = [], 0.0, {}, [], []
+    self.means = {}
 
   def add(self, b: dict) -> None:
     b = sharding.fetch(b)
-    self.nats.append(np.asarray(b['nats']))
+    for name, values in b.get('means', {}).items():
+      for k, v in values.items():
+        self.means.setdefault(name, {}).setdefault(k, []).append(np.asarray(v).ravel())
+    if b['nats'] is not None:
+      self.nats.append(np.asarray(b['nats']))
     if b['replicas'] is not None:
       r = np.asarray(b['replicas'])
       self.mc_var += float(np.sum(np.square(r[:, 0] - r[:, 1])) / 4)
@@ -125,14 +136,19 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
   if family.EXACT:
     result['likelihood'] = 'exact negative log-likelihood (autoregressive)'
     return result
+  t = tallies['']
+  result.update({name: {k: float(np.mean(np.concatenate(v))) for k, v in values.items()}
+                 for name, values in t.means.items()})
+  result.update(heldout_ce_vs_level=binned_curve(np.concatenate(t.level), np.concatenate(t.ce),
+                                                 family.level_edges(proposal)),
+                level=family.LEVEL)
+  if not t.nats:  # a family without a likelihood says why instead of giving a number
+    result['likelihood'] = family.describe_bound(c)
+    return result
   if discrete_steps:
     result['discrete_steps'] = int(discrete_steps)
-  t = tallies['']
   result.update(
       bound_terms_bits_per_token={k: v / tokens_total / LN2 for k, v in t.parts.items()},
-      heldout_ce_vs_level=binned_curve(np.concatenate(t.level), np.concatenate(t.ce),
-                                       family.level_edges(proposal)),
-      level=family.LEVEL,
       likelihood=f'upper bound ({family.describe_bound(c)}; the true NLL is lower)')
   return result
 

@@ -51,6 +51,9 @@ class ModelConfig:
   dtype: str = 'float32'       # compute dtype of every matmul; parameters stay float32
   attention: str = 'xla'       # xla | cudnn (flash attention on NVIDIA GPUs, bf16 / fp16)
   remat: str = 'block'         # what the backward pass recomputes (REMAT)
+  out_dim: int = 0             # > 0: the head predicts a vector of this width instead of
+                               # token logits, and there is no token table (the latent family's
+                               # denoiser, whose inputs and outputs are autoencoder latents)
 
   @property
   def head_dim(self) -> int:
@@ -155,6 +158,14 @@ def _remat(block, how: str):
   return nn.remat(block, policy=policy, prevent_cse=False)
 
 
+def layers(cfg: ModelConfig, name: str = 'blocks'):
+  """The stack of cfg.n_layer `Block`s under `nn.scan` (one compiled layer whatever the depth),
+  rematerialised as cfg.remat says: the backbone every network of the project is made of."""
+  return nn.scan(
+      _remat(Block, cfg.remat), variable_axes={'params': 0}, split_rngs={'params': True},
+      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(cfg, name=name)
+
+
 class Transformer(nn.Module):
   cfg: ModelConfig
 
@@ -163,8 +174,9 @@ class Transformer(nn.Module):
     if cfg.causal:
       self.wte = self.param('wte', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.n_embd))
     else:
-      self.embed_table = self.param(
-          'embed', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.diffusion_dim))
+      if not cfg.out_dim:
+        self.embed_table = self.param(
+            'embed', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.diffusion_dim))
       self.in_proj = nn.Dense(cfg.n_embd, use_bias=False, dtype=cfg.dtype, kernel_init=_uniform(
           (2 * cfg.diffusion_dim) ** -0.5), name='in_proj')
       self.time_in = nn.Dense(cfg.n_embd, use_bias=False, dtype=cfg.dtype, name='time_in')
@@ -176,12 +188,9 @@ class Transformer(nn.Module):
       if cfg.num_labels:  # one more row: "no label", for the unconditional half of guidance
         self.label_table = self.param('label', nn.initializers.normal(1.0),
                                       (cfg.num_labels + 1, cfg.n_embd))
-    self.blocks = nn.scan(
-        _remat(Block, cfg.remat), variable_axes={'params': 0}, split_rngs={'params': True},
-        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(
-            cfg, name='blocks')
+    self.blocks = layers(cfg)
     # Zero head: uniform predictions at init, so the diffusion bound starts at exactly log2(V).
-    self.head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
+    self.head = nn.Dense(cfg.out_dim or cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
                          kernel_init=nn.initializers.zeros, name='head')
 
   def embedding(self):

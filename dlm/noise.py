@@ -283,8 +283,10 @@ def init_state(dc, diffusion_dim: int, vocab_size: int) -> dict:
 
 
 def proposal(state: dict) -> dict:
-  """q alone ({cdf, cdf_main, edges}): what sampling and evaluation need."""
-  return {k: state[k] for k in ('cdf', 'cdf_main', 'edges')}
+  """q alone ({cdf, cdf_main, edges}): what sampling and evaluation need; with `frozen`, the
+  arrays a family keeps unchanged beside it (the latent family's autoencoder), which they need
+  too."""
+  return {k: state[k] for k in ('cdf', 'cdf_main', 'edges', 'frozen') if k in state}
 
 
 def update(state: dict, lam_N, ce_N, step, dc, weight_N=None) -> dict:

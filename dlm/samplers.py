@@ -14,6 +14,7 @@ the update rules the sampler's `lax.scan` chooses from (pure functions).
   which they found steadier at few steps).
 """
 
+import jax
 import jax.numpy as jnp
 
 from dlm import diffusion
@@ -50,3 +51,35 @@ def step(sampler: str, z_t, x0_hat, lam_t, lam_s, noise, path: str = 'vp', x0_pr
       x0_hat = jnp.where(second_order, (1 + c) * x0_hat - c * x0_prev, x0_hat)
     return (s_s / s_t) * z_t - a_s * jnp.expm1(-h) * x0_hat
   raise ValueError(f'unknown sampler {sampler!r}; expected one of {SAMPLERS}')
+
+
+def reverse(key, lam_steps, z, sampler: str, path: str, *, hold, denoise, estimate,
+            spread=lambda z: z, record=None):
+  """The reverse process from z at lam_steps[0] (the noisy end) through every log-SNR of
+  lam_steps, one jitted `lax.scan` step per pair, then the denoiser once more at the clean end.
+
+  hold(z, lam, key): z with the known positions held; denoise(z, lam, fed) -> (outs, fed'):
+  the denoiser's raw outputs (e.g. one per guidance branch) and the estimate fed back at the
+  next step (self-conditioning; zeros at the first); estimate(z, lam, outs): the x0 the update
+  uses; spread: a sharding constraint on z; record(outs): what each step returns (a
+  trajectory), None for nothing. Returns (outs at the clean end, the per-step records)."""
+  S = lam_steps.shape[0] - 1
+  keys = jax.random.split(key, S + 1)
+
+  def one(carry, xs):
+    z, fed, x0_last, lam_last = carry
+    lam_t, lam_s, k, i = xs
+    k_noise, k_hold = jax.random.split(k)
+    z = hold(z, lam_t, k_hold)
+    outs, fed = denoise(z, lam_t, fed)
+    x0_hat = estimate(z, lam_t, outs)
+    z = step(sampler, z, x0_hat, lam_t, lam_s, jax.random.normal(k_noise, z.shape), path,
+             x0_prev=x0_last, lam_prev=lam_last, second_order=(i > 0) & (i < S - 1))
+    return (spread(z), fed, x0_hat, lam_t), (record(outs) if record else None)
+
+  zeros = jnp.zeros_like(z)
+  (z, fed, _, _), steps = jax.lax.scan(
+      one, (z, zeros, zeros, lam_steps[0]), (lam_steps[:-1], lam_steps[1:], keys[:S],
+                                             jnp.arange(S)))
+  outs, _ = denoise(hold(z, lam_steps[-1], keys[S]), lam_steps[-1], fed)
+  return outs, steps

@@ -2,9 +2,9 @@
 
 `faults` counts the steps skipped for a non-finite loss or gradient (`train.make_train_step`).
 
-`noise` (the families that keep one: gaussian, hybrid) is the noise allocation's state
+`noise` (the families that keep one: gaussian, hybrid, latent) is the noise allocation's state
 (`dlm.noise`): the running cross-entropy curve over log-SNR and the proposal q built from it,
-checkpointed like the rest.
+checkpointed like the rest; the latent family keeps its frozen autoencoder there too (`frozen`).
 
 Built once from the config by `create`; `jax.eval_shape` of the same function gives the
 abstract target that Orbax restores into (with the shardings of the current mesh).
@@ -18,8 +18,10 @@ from dlm.model import ModelConfig, Transformer, dummy_input
 from dlm.optim import make_optimizer
 
 
-def create(mcfg: ModelConfig, c):
-  """(model, optimizer, init_fn) where init_fn(key) -> state."""
+def create(mcfg: ModelConfig, c, frozen=None):
+  """(model, optimizer, init_fn) where init_fn(key) -> state. frozen: the arrays the family's
+  `prepare` made (the latent family's autoencoder), put in its noise state as `frozen`; without
+  them that part holds the family's placeholders of the same shapes (a restore target)."""
   model = Transformer(mcfg)
   tx = make_optimizer(c.train, mcfg.n_embd, mcfg.learn_embeddings)
 
@@ -31,7 +33,7 @@ def create(mcfg: ModelConfig, c):
       state['ema'] = params
     noise_state = families.of(mcfg).init_noise(c, mcfg)
     if noise_state is not None:
-      state['noise'] = noise_state
+      state['noise'] = noise_state if frozen is None else dict(noise_state, frozen=frozen)
     return state
   return model, tx, init_fn
 

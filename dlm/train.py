@@ -210,8 +210,12 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
       *sharding.process_block(batch_sh, (accumulation, B, L), 1), c.data.num_workers,
       put=functools.partial(sharding.to_device, sharding=batch_sh))
 
+  # ---- the family's own stage before this one (the latent family's autoencoder) -----------
+  family = families.of(mcfg)
+  frozen = family.prepare(c, workdir, tok, data_dir, manifest, log)
+
   # ---- model, optimiser, state -------------------------------------------------------
-  model, tx, init_fn = state_lib.create(mcfg, c)
+  model, tx, init_fn = state_lib.create(mcfg, c, frozen)
   rep = sharding.replicated(mesh)
   target = checkpoint.abstract_state(init_fn, mesh)
   state_sh = jax.tree.map(lambda x: x.sharding, target)
@@ -227,7 +231,6 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   if sharding.is_main_process():  # after the checks a resume makes: a refused one changes nothing
     config_lib.save_json(c, storage.join(workdir, 'config.json'))
   n_params = count_params(state['params'])
-  family = families.of(mcfg)
   fpt = (flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
          * family.flops_multiplier(c))
   log(f'model: {family.NAME} ({family.SUMMARY}), {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '

@@ -12,7 +12,7 @@ from dlm import checkpoint, families, sampling, train
 from dlm.errors import DlmError
 
 INTERFACE = ('NAME', 'SUMMARY', 'EXACT', 'INFILL', 'SAMPLE_OPTIONS', 'model_fields',
-             'flops_multiplier', 'init_noise', 'update_noise', 'draw', 'scored_positions', 'loss',
+             'prepare', 'flops_multiplier', 'init_noise', 'update_noise', 'draw', 'scored_positions', 'loss',
              'param_metrics', 'bound', 'context_probe', 'sample_tokens')
 DIFFUSION_ONLY = ('LEVEL', 'describe_bound', 'level_edges')
 

@@ -5,6 +5,8 @@
   masked    absorbing-state masking (MDLM, Sahoo et al. 2024; MD4, Shi et al. 2024)
   hybrid    masking decides which tokens are corrupted, Gaussian noise how much (CANDI,
             Pynadath et al. 2025)
+  latent    Gaussian diffusion on the latents of a text autoencoder trained first (LD4LG,
+            Lovelace et al. 2023; CALM, Shao et al. 2025)
 
 Training, evaluation, sampling, the experiments and the bench look a family up here and call
 the same functions on it; none of them tests which family it holds. Every module defines:
@@ -15,7 +17,11 @@ the same functions on it; none of them tests which family it holds. Every module
   LEVEL                  the corruption axis of its held-out CE curve (diffusion families)
   SAMPLE_OPTIONS         the sampling options it takes (`dlm.sampling.OPTIONS`); SAMPLERS, where
                          it takes `sampler`, the update rules it knows
-  model_fields(c)        the `ModelConfig` fields it fixes (causal, conditioning, ...)
+  model_fields(c)        the `ModelConfig` fields it fixes (causal, conditioning, ...); raises
+                         DlmError for a config it cannot run (`config.validate` calls it)
+  prepare(c, workdir, tok, data_dir, manifest, log)   the stage a run trains before the model's
+                         own (the latent family's autoencoder), whose arrays the run keeps frozen
+                         in `state['noise']['frozen']`; None: no such stage (`no_stage`)
   flops_multiplier(c)    training FLOPs over the backbone's 6N + attention
   init_noise(c, mcfg)    its part of the train state (`state['noise']`) or None;
   update_noise(noise_state, rows, step, c)   that part after each step
@@ -28,7 +34,10 @@ the same functions on it; none of them tests which family it holds. Every module
                          nats per sequence: {'nats': (B,), 'replicas': (B, 2) or None (two
                          independent Monte-Carlo estimates), 'parts': {name: (B,)}, and for
                          diffusion 'level', 'ce': (B, draws)}; num_steps = T: the T-step sampler's
-  describe_bound(c), level_edges(proposal)   what the bound is; bins of its CE curve
+  describe_bound(c), level_edges(proposal)   what the bound is; bins of its CE curve. A family
+                         without a likelihood (latent) returns 'nats': None from `bound`, says
+                         why in describe_bound, and gives per-sequence values to average instead
+                         ('means': {report name: {key: (B,)}})
   context_probe(params, model, c, tokens_BL, key, proposal, levels_K, clean_context) -> (K,)
                          CE at probe positions with a corrupted or a clean context (None for ar)
   sample_tokens(params, key, proposal, *, model, num_samples, seq_len, cond_tokens, known, label,
@@ -37,7 +46,7 @@ the same functions on it; none of them tests which family it holds. Every module
 
 import importlib
 
-FAMILIES = ('ar', 'gaussian', 'masked', 'hybrid')
+FAMILIES = ('ar', 'gaussian', 'masked', 'hybrid', 'latent')
 
 
 def get(name: str):
@@ -50,3 +59,8 @@ def get(name: str):
 def of(model_config):
   """The family module of a `ModelConfig`."""
   return get(model_config.family)
+
+
+def no_stage(c, workdir, tok, data_dir, manifest, log) -> None:
+  """The `prepare` of a family that trains in one stage: nothing to do, nothing frozen."""
+  del c, workdir, tok, data_dir, manifest, log

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from dlm import sharding
+from dlm.families import no_stage
 from dlm.losses import token_ce
 from dlm.model import Transformer, empty_cache
 
@@ -34,6 +35,9 @@ def model_fields(c) -> dict:
 
 def flops_multiplier(c) -> float:
   return 1.0
+
+
+prepare = no_stage  # one stage: nothing trained before the model
 
 
 def init_noise(c, mcfg):

@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import conditioning, diffusion, labels, noise, samplers, sharding
+from dlm import conditioning, denoiser, diffusion, labels, noise, samplers, sharding
 from dlm.denoiser import branch_labels, embedding_table, self_condition
+from dlm.families import no_stage
 from dlm.losses import token_ce
 from dlm.model import Transformer
 
@@ -76,6 +77,9 @@ def flops_multiplier(c) -> float:
 
 
 # ---- the train state's noise allocation ---------------------------------------------------
+
+prepare = no_stage  # one stage: nothing trained before the model
+
 
 def init_noise(c, mcfg) -> dict:
   return noise.init_state(c.diffusion, mcfg.diffusion_dim, mcfg.vocab_size)
@@ -320,44 +324,20 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
   E_VE = embedding_table(model, params)
   path = model.cfg.path
   N = num_samples
-  G = max(branches, 1)
   k_init, k_steps = jax.random.split(key)
   spread = ((lambda x: jax.lax.with_sharding_constraint(x, sharding.rows(N, mesh, 0, x.ndim)))
             if mesh is not None else (lambda x: x))
   z = spread(jax.random.normal(k_init, (N, seq_len, E_VE.shape[-1])))
-  known_by = '' if cond_tokens is None else 'trained' if model.cfg.conditioning else 'replace'
-  if known_by:
-    x0_known = E_VE[cond_tokens]
-  known_in = known if known_by == 'trained' else None
+  how = denoiser.known_by(model, cond_tokens)
+  hold = denoiser.holder(how, E_VE[cond_tokens] if how else None, known, path)
+  known_in = known if how == 'trained' else None
   labels_G = branch_labels(model, N, label, branches)
-
-  def mix(xs):
-    """The guided combination of the branches' values (a list: conditional, unconditional)."""
-    return xs[0] if G == 1 else xs[1] + guidance * (xs[0] - xs[1])
-
-  def hold(z, lam_t, k):
-    """z with the known positions held (see known_by)."""
-    if known_by == 'trained':
-      return conditioning.inject(z, x0_known, known)
-    if known_by == 'replace':
-      a, s = diffusion.alpha_sigma(lam_t, path)
-      return conditioning.inject(z, a * x0_known + s * jax.random.normal(k, z.shape), known)
-    return z
+  mix = functools.partial(denoiser.guided, guidance=guidance)
 
   def denoise(z, lam_t, x0_prev):
-    """(each branch's logits (N, L, V), the temperature-1 estimate to feed back).
-
-    The branches run as separate forwards of N rows rather than one of 2N: on CPU the
-    batched form was about twice as slow (docs/results.md, 'Guidance branches as separate
-    forwards')."""
-    lam_N = jnp.full((N,), lam_t)
-    logits_G = []
-    for label_N in labels_G:
-      fed = x0_prev if self_condition else None
-      if self_condition == 'fresh':
-        fed = diffusion.x0_from_logits(model.apply(params, z, lam_N, None, known_in, label_N),
-                                       E_VE)
-      logits_G.append(model.apply(params, z, lam_N, fed, known_in, label_N))
+    """(each branch's logits (N, L, V), the temperature-1 estimate to feed back)."""
+    logits_G = denoiser.branches(params, model, z, jnp.full((N,), lam_t), x0_prev, known_in,
+                                 labels_G, self_condition, E_VE)
     return logits_G, mix([diffusion.x0_from_logits(l, E_VE) for l in logits_G])
 
   def estimate(z, lam_t, logits_G):
@@ -370,31 +350,14 @@ def sample_tokens(params, key, proposal, *, model, num_samples: int, seq_len: in
 
   def decoded(logits_G):
     ids = jnp.argmax(mix(logits_G), -1).astype(jnp.int32)
-    return jnp.where(known, cond_tokens, ids) if known_by else ids
+    return jnp.where(known, cond_tokens, ids) if how else ids
 
-  def step(carry, xs):
-    z, x0_fed, x0_last, lam_last = carry
-    lam_t, lam_s, k, i = xs
-    k_noise, k_hold = jax.random.split(k)
-    z = hold(z, lam_t, k_hold)
-    logits_G, x0_fed = denoise(z, lam_t, x0_fed)
-    x0_hat = estimate(z, lam_t, logits_G)
-    z = samplers.step(sampler, z, x0_hat, lam_t, lam_s, jax.random.normal(k_noise, z.shape),
-                      path, x0_prev=x0_last, lam_prev=lam_last,
-                      second_order=(i > 0) & (i < lam_steps.shape[0] - 2))
-    z = spread(z)
-    out = None
-    if trajectory:
-      logp = jax.nn.log_softmax(mix(logits_G), -1)
-      out = (decoded(logits_G), -jnp.sum(jnp.exp(logp) * logp, -1))
-    return (z, x0_fed, x0_hat, lam_t), out
+  def record(logits_G):
+    logp = jax.nn.log_softmax(mix(logits_G), -1)
+    return decoded(logits_G), -jnp.sum(jnp.exp(logp) * logp, -1)
 
-  S = lam_steps.shape[0] - 1
-  keys = jax.random.split(k_steps, S + 1)
-  zeros = jnp.zeros_like(z)
-  (z, x0_fed, _, _), steps = jax.lax.scan(
-      step, (z, zeros, zeros, lam_steps[0]),
-      (lam_steps[:-1], lam_steps[1:], keys[:S], jnp.arange(S)))
-  logits_G, _ = denoise(hold(z, lam_steps[-1], keys[S]), lam_steps[-1], x0_fed)
+  logits_G, steps = samplers.reverse(k_steps, lam_steps, z, sampler, path, hold=hold,
+                                     denoise=denoise, estimate=estimate, spread=spread,
+                                     record=record if trajectory else None)
   tokens = decoded(logits_G)
   return (tokens, steps) if trajectory else tokens

@@ -50,6 +50,7 @@ import optax
 
 from dlm import conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding
 from dlm.denoiser import embedding_table
+from dlm.families import no_stage
 from dlm.model import Transformer
 
 NAME = 'hybrid'
@@ -101,6 +102,9 @@ def level_edges(proposal):
 def model_fields(c) -> dict:
   """Bidirectional attention on embeddings; the `known` marker tells clean positions apart."""
   return {'causal': False, 'conditioning': True}
+
+
+prepare = no_stage  # one stage: nothing trained before the model
 
 
 def init_noise(c, mcfg) -> dict:

@@ -40,6 +40,7 @@ import optax
 
 from dlm import conditioning, diffusion, labels, sharding
 from dlm.denoiser import branch_labels, embedding_table
+from dlm.families import no_stage
 from dlm.losses import token_ce
 from dlm.model import Transformer
 
@@ -71,6 +72,9 @@ def describe_bound(c) -> str:
 def level_edges(proposal=None):
   """Bins of the held-out CE curve: 20 equal bins of the masked fraction t."""
   return jnp.linspace(0.0, 1.0, 21)
+
+
+prepare = no_stage  # one stage: nothing trained before the model
 
 
 def init_noise(c, mcfg) -> None:
