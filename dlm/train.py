@@ -384,6 +384,11 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
 def _val_line(r: dict, exact: bool) -> str:
   """The validation figure of an evaluation: bits/byte (exact, or an upper bound with its
   Monte-Carlo error), bits/token, then the held-out training objective."""
+  if 'bits_per_byte' not in r:  # a family without a likelihood (its `likelihood` says why)
+    rec = r.get('reconstruction_accuracy')
+    return (f'val_loss {r["val_loss"]:.4f} (no bound)'
+            + (f' | reconstruction {rec["clean"]:.2%} clean, {rec["noisy"]:.2%} noisy'
+               if rec else ''))
   rel = '=' if exact else '<='
   mc = r.get('bits_per_byte_mc_stderr')
   return (f'val bits/byte {rel} {r["bits_per_byte"]:.4f}'
