@@ -22,6 +22,7 @@ K head dim, V vocabulary, E diffusion dim, C conditioning width.
 
 import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -157,9 +158,16 @@ def _remat(block, how: str):
 
 class Transformer(nn.Module):
   cfg: ModelConfig
+  # A function of one layer's weights applied inside the layer scan before the layer runs:
+  # under FSDP, the all-gather of that layer's shards (`sharding.layer_gather`), so only one
+  # layer is ever whole on a device. None: the weights as stored.
+  layer_params: Any = None
 
   def setup(self):
     cfg = self.cfg
+    block = Block
+    if self.layer_params is not None:
+      block = nn.map_variables(Block, 'params', trans_in_fn=self.layer_params, init=False)
     if cfg.causal:
       self.wte = self.param('wte', nn.initializers.normal(1.0), (cfg.vocab_size, cfg.n_embd))
     else:
@@ -177,7 +185,7 @@ class Transformer(nn.Module):
         self.label_table = self.param('label', nn.initializers.normal(1.0),
                                       (cfg.num_labels + 1, cfg.n_embd))
     self.blocks = nn.scan(
-        _remat(Block, cfg.remat), variable_axes={'params': 0}, split_rngs={'params': True},
+        _remat(block, cfg.remat), variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(
             cfg, name='blocks')
     # Zero head: uniform predictions at init, so the diffusion bound starts at exactly log2(V).
