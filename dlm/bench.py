@@ -122,8 +122,8 @@ def fsdp_costs(c, sizes: tuple[int, ...], batch: int, repeats: int, log=print) -
   split over each of `sizes` devices (1: data parallel) on all the devices there are, with
   `train.total_batch_size` as the config sets it (its accumulation micro-steps): the peak
   memory per device from the compiled step's own accounting (`hlo.peak_bytes`), its
-  collectives by kind, each counted as often as a step runs it (`hlo.summary`), and the median time of
-  `repeats` steps after a warm-up; then each size's ratios to the first."""
+  collectives by kind, each counted as often as a step runs it (`hlo.summary`), and the median
+  time of `repeats` steps after a warm-up; then each size's ratios to the first."""
   from dlm import checkpoint, hlo
   from dlm.train import make_train_step
   c = ml_collections.ConfigDict(c)

@@ -79,10 +79,11 @@ def _one_layer_at_a_time(muon: optax.GradientTransformation) -> optax.GradientTr
                          sharding.state_shardings(updates, mesh))
 
     def one(xs):
-      # Gathered explicitly, one layer, and split again before the loop stacks the layers:
-      # left to itself XLA split Newton-Schulz's matmuls over the shards instead, with a
-      # collective per matmul (at fsdp 2: 41 all-reduces and 70 collective-permutes in the
-      # layer loop instead of 12 all-gathers)
+      # One layer gathered, and its results split again before the loop stacks them (else
+      # the stacked updates are whole). Between the two XLA may still split Newton-Schulz's
+      # matmuls over the shards (at fsdp 2 on 8 devices it does, with all-reduces and
+      # collective-permutes of layer slices; at fsdp 8 it does not); pinning the results
+      # whole first removed those and cost more peak memory than it saved (docs/fsdp.md)
       u, mu = jax.lax.with_sharding_constraint(xs, whole)
       out, new = muon.update(u, state._replace(mu=mu))
       out, mu = jax.lax.with_sharding_constraint((out, new.mu), (split, split))

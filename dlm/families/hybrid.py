@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding, streams
+from dlm import (conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding,
+                 streams)
 from dlm.denoiser import embedding_table
 from dlm.model import Transformer
 
