@@ -12,9 +12,9 @@ data shapes, matched non-embedding parameters) it compiles and then times, after
   AR model's exact NLL) on `eval.batch_size` sequences;
 - sampling `sequence_len` tokens at batch 1 and at `--batch`: each diffusion family's sampler
   in `sample.num_steps` steps with the config's options, the AR twin's key/value-cache decoding.
-With `--fsdp_orders=N` it times instead the diffusion train step with the state split over N
-devices (FSDP) two ways: whole layers per device first (`sharding.FSDP_ORDER`, so Muon
-orthogonalises local matrices) and the width first (each matrix split, gathered for Muon).
+With `--fsdp_sizes=1,2,8` it measures instead the diffusion train step with the state split
+over each number of devices (`fsdp_costs`, docs/fsdp.md): peak memory per device, collectives
+and step time.
 Each figure is the median of `--steps` timed calls; compile time is lowering plus compilation;
 peak device memory comes from the runtime where it reports one (GPUs, TPUs; not CPUs). Random
 tokens stand in for data: speed does not depend on them. Side-by-side ratios (family ÷ AR)
@@ -119,40 +119,60 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
   return out
 
 
-def fsdp_orders(c, fsdp: int, batch: int, repeats: int, log=print) -> dict:
-  """{order: {seconds, all_gathers}} of the diffusion train step under FSDP over `fsdp`
-  devices, with whole layers split first and with the width split first."""
-  from dlm import checkpoint
-  orders = {'layers first': sharding.FSDP_ORDER,
-            'width first': ('embed', 'hidden', 'vocab', 'input', 'layers')}
-  c.train.fsdp, c.train.total_batch_size = fsdp, 0
+def fsdp_costs(c, sizes: tuple[int, ...], batch: int, repeats: int, log=print) -> dict:
+  """{fsdp: {peak_bytes, collectives, seconds}} of the diffusion train step with the state
+  split over each of `sizes` devices (1: data parallel) on all the devices there are, with
+  `train.total_batch_size` as the config sets it (its accumulation micro-steps): the peak
+  memory per device from the compiled step's own accounting (`hlo.peak_bytes`), its
+  collectives by kind, each counted as often as a step runs it (`hlo.summary`), and the median
+  time of `repeats` steps after a warm-up; then each size's ratios to the first."""
+  from dlm import checkpoint, hlo
+  from dlm.train import make_train_step
+  c = ml_collections.ConfigDict(c)
   if families.get(c.model.family).EXACT:  # a twin's config: time the diffusion side
     c.model.family = 'gaussian'
-  batch = batch or c.train.device_batch_size * jax.device_count()
-  config_lib.validate(c, jax.device_count())
-  sharding.use_fsdp(fsdp)
-  mesh = sharding.make_mesh()
-  mcfg = config_lib.model_config(c, c.data.tokenizer_vocab_size)
-  model, tx, init_fn = state_lib.create(mcfg, c)
-  out, saved = {}, sharding.FSDP_ORDER
-  try:
-    for name, order in orders.items():
-      sharding.FSDP_ORDER = order
-      target = checkpoint.abstract_state(init_fn, mesh)
-      state_sh = jax.tree.map(lambda x: x.sharding, target)
-      batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
-      step = jax.jit(make_train_step(model, tx, c, 1, None, mesh),
-                     in_shardings=(state_sh, batch_sh, sharding.replicated(mesh)))
-      state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(0))
-      tokens = jax.device_put(np.ones((1, batch, mcfg.sequence_len), np.int32), batch_sh)
-      args = (state, tokens, jax.random.key(1))
-      _, seconds = _timed(step, args, repeats)
-      gathers = step.lower(*args).compile().as_text().count(' all-gather(')
-      out[name] = {'seconds': seconds, 'all_gathers': gathers}
-      log(f'fsdp {fsdp}, {name}: train step {seconds * 1e3:.1f} ms, {gathers} all-gathers')
-  finally:
-    sharding.FSDP_ORDER = saved
-  log(f'width first / layers first: {out["width first"]["seconds"] / out["layers first"]["seconds"]:.2f}x')
+  n = jax.device_count()
+  if batch:
+    c.train.device_batch_size = max(1, batch // n)
+  out = {}
+  for f in sizes:
+    c.train.fsdp = f
+    config_lib.validate(c, n)
+    A = config_lib.accumulation_steps(c, n)
+    sharding.use_fsdp(f)
+    mesh = sharding.make_mesh()
+    mcfg = config_lib.model_config(c, c.data.tokenizer_vocab_size)
+    model, tx, init_fn = state_lib.create(mcfg, c)
+    target = checkpoint.abstract_state(init_fn, mesh)
+    state_sh = jax.tree.map(lambda x: x.sharding, target)
+    batch_sh = sharding.batch_sharding(mesh, batch_axis=1)
+    rep = sharding.replicated(mesh)
+    step = jax.jit(make_train_step(model, tx, c, A, None, mesh),
+                   in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+                   donate_argnums=(0,))
+    B = c.train.device_batch_size * n
+    tokens = jax.device_put(np.ones((A, B, mcfg.sequence_len), np.int32), batch_sh)
+    state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(0))
+    compiled = step.lower(state, tokens, jax.random.key(1)).compile()
+    times = []
+    for i in range(repeats + 1):  # the first call warms up
+      began = time.perf_counter()
+      state, metrics = compiled(state, tokens, jax.random.key(1))
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - began)
+    ops = hlo.summary(hlo.collectives(compiled.as_text()))
+    out[f] = {'peak_bytes': hlo.peak_bytes(compiled), 'seconds': float(np.median(times[1:])),
+              'collectives': ops, 'accumulation': A, 'loss': float(metrics['loss'])}
+    counts = ', '.join(f'{k} {v["per_step"]} ({v["bytes"] / 2**20:.2f} MiB, {v["in_loops"]} '
+                       'in loops)' for k, v in sorted(ops.items())) or 'none'
+    log(f'fsdp {f}: peak {out[f]["peak_bytes"] / 2**20:.2f} MiB per device, step '
+        f'{out[f]["seconds"] * 1e3:.1f} ms, collectives per step: {counts}')
+  first = out[sizes[0]]
+  for f in sizes[1:]:
+    out[f]['memory_ratio'] = out[f]['peak_bytes'] / first['peak_bytes']
+    out[f]['time_ratio'] = out[f]['seconds'] / first['seconds']
+    log(f'fsdp {f} / fsdp {sizes[0]}: memory {out[f]["memory_ratio"]:.3f}x, step time '
+        f'{out[f]["time_ratio"]:.2f}x')
   return out
 
 
@@ -203,8 +223,9 @@ if __name__ == '__main__':
   _OUTPUT = flags.DEFINE_string('output', '', 'Write the figures here as JSON.')
   _FAMILIES = flags.DEFINE_string('families', 'gaussian,masked,hybrid,ar',
                                   'Comma-separated families to time (dlm.families).')
-  _FSDP_ORDERS = flags.DEFINE_integer('fsdp_orders', 0, 'Time only the FSDP train step over '
-                                      'this many devices, layers split first vs width first.')
+  _FSDP_SIZES = flags.DEFINE_string('fsdp_sizes', '', 'Measure only the train step with the '
+                                    'state split over each of these comma-separated numbers '
+                                    'of devices (1: data parallel): memory, collectives, time.')
 
   def main(argv):
     del argv
@@ -213,8 +234,9 @@ if __name__ == '__main__':
       if _CONFIG.value is None:
         raise DlmError('--config is required (e.g. configs/d12.py)')
       log = functools.partial(print, flush=True)
-      if _FSDP_ORDERS.value:
-        result = fsdp_orders(_CONFIG.value, _FSDP_ORDERS.value, _BATCH.value, _STEPS.value, log)
+      if _FSDP_SIZES.value:
+        sizes = tuple(int(x) for x in _FSDP_SIZES.value.split(',') if x)
+        result = fsdp_costs(_CONFIG.value, sizes, _BATCH.value, _STEPS.value, log)
       else:
         result = bench(_CONFIG.value, _BATCH.value, _STEPS.value, log=log,
                        names=tuple(n for n in _FAMILIES.value.split(',') if n))

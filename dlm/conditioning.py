@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlm import streams
 from dlm.errors import DlmError
 from dlm.tokenizer import BOS, PAD
 
@@ -54,17 +55,20 @@ def random_known(key, batch: int, L: int, fraction):
 
 
 def training_draws(k_known, k_drop, tokens_BL, mcfg, dc, patterns=None,
-                   condition: bool = True) -> dict:
+                   condition: bool = True, rows=None) -> dict:
   """The conditioning part of a diffusion batch's random inputs, where the run trains with it:
   known (B, L) positions (`random_known`, rows at `dc.condition_fraction`) and dropped (B,) the
-  rows trained without their label (`dc.label_dropout`). condition=False: neither (validation
-  and the bounds are unconditional)."""
+  rows trained without their label (`dc.label_dropout`), each row's from its own key
+  (`streams`; rows: which rows of the step these are, default all). condition=False: neither
+  (validation and the bounds are unconditional)."""
   B, L = tokens_BL.shape
+  rows = streams.of(rows, B)
   d = {}
   if condition and mcfg.conditioning and dc.condition_fraction > 0:
-    d['known'] = random_known(k_known, B, L, dc.condition_fraction)
+    d['known'] = streams.per_row(lambda k: random_known(k, 1, L, dc.condition_fraction)[0],
+                                 k_known, rows)
   if condition and patterns is not None and mcfg.num_labels:
-    d['dropped'] = jax.random.uniform(k_drop, (B,)) < dc.label_dropout
+    d['dropped'] = streams.uniform(k_drop, rows) < dc.label_dropout
   return d
 
 

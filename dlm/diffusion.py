@@ -21,6 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from dlm import streams
+
 SCHEDULES = ('cosine', 'linear', 'sqrt', 'flow')
 PARAMETERIZATIONS = ('x0', 'eps', 'v')
 PATHS = ('vp', 'flow')
@@ -71,9 +73,9 @@ def alpha_sigma(lam, path: str = 'vp'):
   raise ValueError(f'unknown diffusion path {path!r}; expected one of {PATHS}')
 
 
-def grid_times(key, batch: int, diffusion_steps: int):
+def grid_times(key, batch, diffusion_steps: int):
   """Training times on the T-step grid, stratified over the batch (low-discrepancy sampling),
-  in random row order.
+  in random row order; batch as in `stratified`.
 
   One uniform offset shared by the batch, spaced 1/batch apart, covers the grid evenly in
   every step and cuts the variance of the loss estimate (Kingma et al. 2021, appendix). The
@@ -83,11 +85,10 @@ def grid_times(key, batch: int, diffusion_steps: int):
   return jnp.floor(stratified(key, batch) * (diffusion_steps + 1)) / diffusion_steps
 
 
-def stratified(key, batch: int):
-  """batch points in [0, 1): one random offset, spaced 1/batch apart, randomly permuted."""
-  k_u, k_perm = jax.random.split(key)
-  u = (jax.random.uniform(k_u, ()) + jnp.arange(batch) / batch) % 1.0
-  return jax.random.permutation(k_perm, u)
+def stratified(key, batch):
+  """batch points in [0, 1): one random offset, spaced 1/batch apart, randomly permuted.
+  batch: a row count, or the `streams.Rows` of a step a device draws (`streams.stratified`)."""
+  return streams.stratified(key, streams.whole(batch) if isinstance(batch, int) else batch)
 
 
 def lattice_draws(key, batch: int, num_samples: int):

@@ -22,6 +22,7 @@ K head dim, V vocabulary, E diffusion dim, C conditioning width.
 
 import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -158,16 +159,24 @@ def _remat(block, how: str):
   return nn.remat(block, policy=policy, prevent_cse=False)
 
 
-def layers(cfg: ModelConfig, name: str = 'blocks'):
+def layers(cfg: ModelConfig, name: str = 'blocks', layer_params=None):
   """The stack of cfg.n_layer `Block`s under `nn.scan` (one compiled layer whatever the depth),
-  rematerialised as cfg.remat says: the backbone every network of the project is made of."""
+  rematerialised as cfg.remat says: the backbone every network of the project is made of.
+  layer_params: as `Transformer.layer_params`."""
+  block = Block
+  if layer_params is not None:
+    block = nn.map_variables(Block, 'params', trans_in_fn=layer_params, init=False)
   return nn.scan(
-      _remat(Block, cfg.remat), variable_axes={'params': 0}, split_rngs={'params': True},
+      _remat(block, cfg.remat), variable_axes={'params': 0}, split_rngs={'params': True},
       in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layer)(cfg, name=name)
 
 
 class Transformer(nn.Module):
   cfg: ModelConfig
+  # A function of one layer's weights applied inside the layer scan before the layer runs:
+  # under FSDP, the all-gather of that layer's shards (`sharding.layer_gather`), so only one
+  # layer is ever whole on a device. None: the weights as stored.
+  layer_params: Any = None
 
   def setup(self):
     cfg = self.cfg
@@ -188,7 +197,7 @@ class Transformer(nn.Module):
       if cfg.num_labels:  # one more row: "no label", for the unconditional half of guidance
         self.label_table = self.param('label', nn.initializers.normal(1.0),
                                       (cfg.num_labels + 1, cfg.n_embd))
-    self.blocks = layers(cfg)
+    self.blocks = layers(cfg, layer_params=self.layer_params)
     # Zero head: uniform predictions at init, so the diffusion bound starts at exactly log2(V).
     self.head = nn.Dense(cfg.out_dim or cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
                          kernel_init=nn.initializers.zeros, name='head')

@@ -198,9 +198,10 @@ class Allocation:
     """q's bin masses before any data: the Gumbel guess (adaptive starts there too)."""
     return gumbel_mass(edges, params)
 
-  def draw(self, key, batch: int, q: dict):
-    """The batch's log-SNRs: q by inverse CDF of low-discrepancy u's (`diffusion.stratified`)."""
-    return sample(q, diffusion.stratified(key, batch))
+  def draw(self, key, rows, q: dict):
+    """The log-SNRs of `rows` (a row count, or a step's `streams.Rows`): q by inverse CDF of
+    low-discrepancy u's (`diffusion.stratified`)."""
+    return sample(q, diffusion.stratified(key, rows))
 
   def update(self, state: dict, lam_N, ce_N, step, weight_N=None) -> dict:
     """Add this step's rows (lambda, mean CE per token, optional weight) to the running curve;
@@ -238,9 +239,9 @@ class Schedule(Allocation):
   def initial_mass(self, edges, params):
     return jnp.asarray(schedule_mass(self.dc, edges), jnp.float32)
 
-  def draw(self, key, batch: int, q: dict):
+  def draw(self, key, rows, q: dict):
     dc = self.dc
-    return diffusion.logsnr(diffusion.grid_times(key, batch, dc.diffusion_steps),
+    return diffusion.logsnr(diffusion.grid_times(key, rows, dc.diffusion_steps),
                             dc.noise_schedule)
 
   def rebuild(self, state: dict) -> dict:

@@ -14,7 +14,10 @@ import re
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
+
+from dlm import sharding
 
 # (regex on the '/'-joined parameter path, group). First match wins.
 GROUP_RULES = (
@@ -57,6 +60,39 @@ def _stacked_kernel_dims(updates):
   return jax.tree.map(lambda _: MuonDimensionNumbers(reduction_axis=1, output_axis=2), updates)
 
 
+def _layer_kernel_dims(updates):  # one layer's (in, out) slice of a stacked kernel
+  return jax.tree.map(lambda _: MuonDimensionNumbers(reduction_axis=0, output_axis=1), updates)
+
+
+def _one_layer_at_a_time(muon: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Muon over stacked (layers, in, out) kernels applied to one layer's matrices at a time
+  (lax.map over the layer axis), for FSDP: there each matrix is split within its layer
+  (`dlm.sharding`), and Newton-Schulz needs it whole, so XLA gathers the layer being
+  orthogonalised rather than the whole stack (docs/fsdp.md measures both). The same
+  arithmetic as the batched form; with data parallelism the batched form runs instead (one
+  larger matmul per iteration instead of a loop)."""
+  def update(updates, state, params=None):
+    del params
+    mesh = sharding.make_mesh()
+    whole = NamedSharding(mesh, P())
+    split = jax.tree.map(lambda s: NamedSharding(mesh, P(*s.spec[1:])),  # one layer's shards
+                         sharding.state_shardings(updates, mesh))
+
+    def one(xs):
+      # One layer gathered, and its results split again before the loop stacks them (else
+      # the stacked updates are whole). Between the two XLA may still split Newton-Schulz's
+      # matmuls over the shards (at fsdp 2 on 8 devices it does, with all-reduces and
+      # collective-permutes of layer slices; at fsdp 8 it does not); pinning the results
+      # whole first removed those and cost more peak memory than it saved (docs/fsdp.md)
+      u, mu = jax.lax.with_sharding_constraint(xs, whole)
+      out, new = muon.update(u, state._replace(mu=mu))
+      out, mu = jax.lax.with_sharding_constraint((out, new.mu), (split, split))
+      return out, mu, new.count
+    out, mu, count = jax.lax.map(one, (updates, state.mu))
+    return out, state._replace(mu=mu, count=count[0])
+  return optax.GradientTransformation(muon.init, update)
+
+
 def _scale_by_shape():
   """Muon's update has unit spectral norm; sqrt(max(1, out/in)) keeps its RMS per entry fair."""
   def update(updates, state, params=None):
@@ -76,8 +112,13 @@ def make_optimizer(tc, n_embd: int, learn_embeddings: bool = True):
     return optax.adamw(sched(lr * adam_scale), b1=0.8, b2=0.95, eps=1e-10,
                        weight_decay=tc.weight_decay)
 
+  if getattr(tc, 'fsdp', 1) > 1:
+    orthogonalise = _one_layer_at_a_time(
+        scale_by_muon(beta=0.95, weight_dimension_numbers=_layer_kernel_dims))
+  else:
+    orthogonalise = scale_by_muon(beta=0.95, weight_dimension_numbers=_stacked_kernel_dims)
   muon = optax.chain(
-      scale_by_muon(beta=0.95, weight_dimension_numbers=_stacked_kernel_dims),
+      orthogonalise,
       _scale_by_shape(),
       optax.add_decayed_weights(tc.weight_decay),
       optax.scale_by_learning_rate(sched(tc.matrix_lr)),

@@ -3,12 +3,19 @@
 Two axes: 'data' and 'fsdp' (`train.fsdp` devices; 1 by default). Training batches, evaluation
 windows and samples are split by rows over all devices of both axes (`rows`, `global_rows`).
 The training state (parameters, optimiser moments, EMA) is split over 'fsdp' by the table
-`PARAM_AXES` below and replicated over 'data': with fsdp = 1 this is plain data parallelism,
-with fsdp = every device it is fully sharded (ZeRO-3 style), each device holding 1/fsdp of every
-large array and XLA gathering what a layer needs when it needs it. One device is a mesh of one,
-so the same jitted code runs on a laptop, a GPU node or a pod. `jax.make_mesh` defaults to
-Explicit axes in current JAX; Auto keeps the classic GSPMD propagation that `jax.jit` with
-in/out shardings expects.
+`PARAM_AXES` below and replicated over 'data': with fsdp = 1 this is plain data parallelism
+(each device holds everything, one all-reduce of the gradients per step), with fsdp > 1 it is
+ZeRO-3 (Rajbhandari et al. 2020): every large matrix is split within each layer, and the train
+step (`train.make_train_step`, under shard_map) all-gathers one layer's weights at a time
+inside the layer scan (`layer_gather`, recomputed in the backward pass rather than kept), so
+the gradient of each layer leaves the backward pass reduce-scattered (the transpose of the
+gather) onto the same split. The weights used once per micro-batch outside the layer scan (the
+embedding, the head, the input and time projections) are gathered whole for the micro-batch
+(`gather`); the optimiser update runs on the shards under jit, XLA moving what Muon's
+orthogonalisation of a split matrix needs (docs/fsdp.md measures what each costs). One
+device is a mesh of one, so the same jitted code runs on a laptop, a GPU node or a pod.
+`jax.make_mesh` defaults to Explicit axes in current JAX; Auto keeps the classic GSPMD
+propagation that `jax.jit` with in/out shardings expects.
 """
 
 import jax
@@ -77,10 +84,11 @@ PARAM_AXES = (
     (r'(^|/)(in_proj|time_in|time_out)/kernel$', ('input', 'embed')),
     (r'(^|/)label$', ('label', 'embed')),
 )
-# Which logical dimension 'fsdp' splits: the first in this order whose size it divides. Whole
-# layers first, so Muon orthogonalises each device's matrices without gathering them; then
-# the vocabulary, then the width.
-FSDP_ORDER = ('layers', 'vocab', 'embed', 'hidden', 'input')
+# Which logical dimension 'fsdp' splits: the first in this order whose size it divides. Never
+# the stacked layer axis: the step gathers one layer at a time inside the layer scan, so each
+# layer's matrices are split (input width first), and every device holds a slice of every
+# layer. Then the vocabulary (the embedding, the head), then the width.
+FSDP_ORDER = ('vocab', 'embed', 'hidden', 'input')
 
 
 def param_spec(path: str, shape: tuple, fsdp: int) -> P:
@@ -105,6 +113,32 @@ def state_shardings(abstract_state, mesh):
     name = '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
     return NamedSharding(mesh, param_spec(name, leaf.shape, mesh.shape['fsdp']))
   return jax.tree_util.tree_map_with_path(one, abstract_state)
+
+
+def fsdp_dim(spec: P) -> int | None:
+  """The dimension a state leaf's spec splits over 'fsdp', None when it is replicated."""
+  return next((i for i, a in enumerate(spec) if a == 'fsdp'), None)
+
+
+def gather(x, spec: P):
+  """Inside shard_map: the whole of a leaf split by `spec` (all-gather over 'fsdp'; its
+  transpose, in the backward pass, is the reduce-scatter of the gradient onto the split)."""
+  i = fsdp_dim(spec)
+  return x if i is None else jax.lax.all_gather(x, 'fsdp', axis=i, tiled=True)
+
+
+def layer_gather(block_specs: dict):
+  """The function the layer scan applies to one layer's weights (`Transformer.layer_params`):
+  each gathered whole for this layer only. block_specs: {'q/kernel': spec of the stacked
+  (layers, in, out) leaf, ...}. Under jax.checkpoint, so the scan keeps each layer's shards
+  for the backward pass and gathers again there, instead of keeping every gathered layer."""
+  def one(path, x):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    spec = next((s for suffix, s in block_specs.items() if ('/' + name).endswith('/' + suffix)),
+                P())
+    return gather(x, P(*tuple(spec)[1:]))  # without the layer axis the scan sliced off
+
+  return jax.checkpoint(lambda tree: jax.tree_util.tree_map_with_path(one, tree))
 
 
 def replicated(mesh) -> NamedSharding:

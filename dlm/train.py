@@ -19,7 +19,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dlm import (checkpoint, data, evaluate, families, labels, noise, preemption, runlock,
-                 sampling, sharding, storage, tracking)
+                 sampling, sharding, storage, streams, tracking)
 from dlm import config as config_lib
 from dlm import metrics_log as metrics_log_lib
 from dlm import state as state_lib
@@ -64,15 +64,23 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
   """One optimiser update over `accumulation` micro-batches, all inside one jit. patterns:
   the run's label (`labels.Label.patterns`), None without one.
 
-  The random inputs of every micro-batch are drawn first, for the whole batch (the family's
-  `draw`).
-  Then, under shard_map, each device sums the gradients of its own rows over the micro-batches
-  without any communication, and one psum per optimiser step adds the devices' sums: under
-  plain jit, XLA reduced the gradients inside every micro-step and resharded the
-  self-conditioning half of the batch (a test inspects the compiled step). The parameters
-  enter whole: under FSDP they are gathered once per step, and the optimiser update runs on
-  the shards. Gradients are summed by a lax.scan, so a checkpoint never holds half an
-  accumulation.
+  Under shard_map each device runs a lax.scan over the micro-batches of its own rows. Each
+  micro-step draws its random inputs inside the scan (the family's `draw` for this device's
+  rows, keyed by the step and the global row number, `dlm.streams`), so the draws of one
+  micro-batch are all that is ever held, and the values, hence the loss curve, are the same
+  on any number of devices, processes and micro-steps. The loss is the step's sum over all
+  scored positions divided by their count over the whole step (not a mean of micro-batch
+  means, which would weight the micro-batches by their split).
+
+  Data parallel (fsdp = 1): the parameters enter whole, each device sums its gradients over
+  the micro-batches without communication, and one psum per optimiser step adds the devices'
+  sums (under plain jit, XLA reduced the gradients inside every micro-step and resharded the
+  self-conditioning half of the batch; a test inspects the compiled step). FSDP (fsdp > 1,
+  ZeRO-3, `dlm.sharding`): the parameters enter as their shards; each layer's are gathered
+  inside the layer scan and its gradient reduce-scattered back, so the gradients summed over
+  the micro-batches are shards too, and only the 'data' axis needs the psum. The optimiser
+  update runs on the shards. Gradients are summed by a lax.scan, so a checkpoint never holds
+  half an accumulation.
 
   A step whose loss or gradient is not finite changes nothing but the step count and the
   fault counters (`state['faults']`: skipped steps, and the current run of them); after
@@ -84,31 +92,63 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
   ema_decay, max_bad = c.train.ema_decay, c.train.max_bad_steps
   rows_spec = P(None, sharding.AXES)
   faults = jnp.asarray(FAULT_STEPS or (-1,), jnp.int32)
+  n_dev, fsdp = mesh.size, mesh.shape['fsdp']
 
-  def device_grads(params, batch_ABL, draws, norm_A):
-    def micro(grad_sum, xs):
-      tokens_BL, d, norm = xs
-      (_, (metrics, rows)), grads = jax.value_and_grad(family.loss, has_aux=True)(
-          params, model, tokens_BL, d, c, patterns, norm)
-      return jax.tree.map(jnp.add, grad_sum, grads), (metrics, rows)
+  def device_grads(params, batch_ABL, key, q, specs):
+    A, b, L = batch_ABL.shape
+    B = b * n_dev  # rows of one micro-batch over all devices
+    first = jax.lax.axis_index(sharding.AXES) * b  # this device's first row of each
+    positions = jnp.float32(A * B * L)  # a fixed scale; the true count divides at the end
+    flat_specs = jax.tree.structure(params).flatten_up_to(specs)
+    if fsdp > 1:
+      paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+      blocks = {p.split('blocks/', 1)[1]: s for p, s in zip(paths, flat_specs) if '/blocks/' in p}
+      net = model.clone(layer_params=sharding.layer_gather(blocks))
+      whole = lambda p: jax.tree.unflatten(jax.tree.structure(p), [
+          x if '/blocks/' in name else sharding.gather(x, s)
+          for name, x, s in zip(paths, jax.tree.leaves(p), flat_specs)])
+    else:
+      net, whole = model, lambda p: p
 
-    grads, (metrics, rows) = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params),
-                                          (batch_ABL, draws, norm_A))
-    grads, metrics = jax.lax.psum((grads, metrics), sharding.AXES)  # the step's one reduction
-    return grads, metrics, rows
+    def micro(carry, xs):
+      grad_sum, count = carry
+      a, tokens_BL = xs
+      rows = streams.Rows(a * B + first + jnp.arange(b), A * B)
+      d = family.draw(key, tokens_BL, model, c, q, patterns, rows=rows)
+      loss = lambda p: family.loss(whole(p), net, tokens_BL, d, c, patterns, positions)
+      (_, (metrics, rows_out)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+      return ((jax.tree.map(jnp.add, grad_sum, grads),
+               count + family.scored_positions(tokens_BL, d)), (metrics, rows_out))
+
+    (grads, count), (metrics, rows) = jax.lax.scan(
+        micro, (jax.tree.map(jnp.zeros_like, params), jnp.float32(0)),
+        (jnp.arange(A), batch_ABL))
+    metrics = jax.tree.map(lambda m: jnp.sum(m, 0), metrics)
+    leaves, tree = jax.tree.flatten(grads)
+    split = [sharding.fsdp_dim(s) is not None for s in flat_specs]
+    whole_grads = [g for g, s in zip(leaves, split) if not s]
+    # the step's one reduction: the replicated gradients, the metrics and the count
+    whole_grads, metrics, count = jax.lax.psum((whole_grads, metrics, count), sharding.AXES)
+    shards = [g for g, s in zip(leaves, split) if s]
+    if shards and n_dev > fsdp:  # already summed over 'fsdp' by the reduce-scatters
+      shards = jax.lax.psum(shards, 'data')
+    it_whole, it_shards = iter(whole_grads), iter(shards)
+    grads = jax.tree.unflatten(tree, [next(it_shards) if s else next(it_whole) for s in split])
+    renorm = positions / count  # sums over `positions` -> means over the scored positions
+    return (jax.tree.map(lambda g: g * renorm, grads),
+            jax.tree.map(lambda m: m * renorm, metrics), rows)
 
   def train_step(state, batch_ABL, key):
     params = state['params']
-    keys = jax.random.split(jax.random.fold_in(key, state['step']), accumulation)
     q = state_lib.proposal(state)
-    draws = jax.vmap(lambda k, t: family.draw(k, t, model, c, q, patterns))(keys, batch_ABL)
-    norm_A = jax.vmap(family.scored_positions)(batch_ABL, draws)
+    specs = jax.tree.map(lambda s: s.spec, sharding.state_shardings(params, mesh))
     grads, metrics, rows = jax.shard_map(
-        device_grads, mesh=mesh, in_specs=(P(), rows_spec, rows_spec, P()),
-        out_specs=(P(), P(), rows_spec), check_vma=False)(params, batch_ABL, draws, norm_A)
+        functools.partial(device_grads, specs=specs), mesh=mesh,
+        in_specs=(specs, rows_spec, P(), P()), out_specs=(specs, P(), rows_spec),
+        check_vma=False)(params, batch_ABL, jax.random.fold_in(key, state['step']), q)
     poison = jnp.where(jnp.any(faults == state['step'] + 1), jnp.nan, 1.0)
-    grads = jax.tree.map(lambda g: g * (poison / accumulation), grads)
-    metrics = {**jax.tree.map(jnp.mean, metrics), **family.param_metrics(params, model),
+    grads = jax.tree.map(lambda g: g * poison, grads)
+    metrics = {**metrics, **family.param_metrics(params, model),
                'grad_norm': optax.tree.norm(grads)}
     updates, opt_state = tx.update(grads, state['opt_state'], params)
     new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
@@ -125,6 +165,10 @@ def make_train_step(model, tx, c, accumulation: int, patterns=None, mesh=None):
     metrics.update(skipped_steps=new['faults']['skipped'], bad_streak=new['faults']['streak'])
     return new, metrics
   return train_step
+
+
+def _path(path) -> str:
+  return '/' + '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
 def _check_workdir_config(c, workdir: str) -> None:

@@ -25,12 +25,12 @@ from dlm import checkpoint, data, families, sampling, sharding, train
 from dlm.experiments import common
 workdir, out, stop, fsdp, data_path = sys.argv[1:6]
 stop, fsdp = int(stop), int(fsdp)
-process, processes, port, full = (int(a) for a in sys.argv[6:10])
+process, processes, port, full, rows = (int(a) for a in sys.argv[6:11])
 if processes > 1:
   sharding.initialize_distributed(f'localhost:{port}', processes, process)
 n = jax.device_count()
-c = tiny_config(**{'train.device_batch_size': 8 // n, 'train.num_iterations': 5,
-                   'train.checkpoint_every': 5})
+c = tiny_config(**{'train.device_batch_size': rows or 8 // n, 'train.num_iterations': 5,
+                   'train.checkpoint_every': 5, 'train.total_batch_size': 8 * 16})
 c.train.checkpoint_every = stop or 5
 c.train.fsdp = fsdp
 not_prepared = None
@@ -80,10 +80,11 @@ json.dump(report, open(f'{out}.{process}', 'w'))
 
 
 def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1,
-         processes: int = 1, data_path: str = '', full: bool = True) -> dict:
+         processes: int = 1, data_path: str = '', full: bool = True, rows: int = 0) -> dict:
   """Train (or resume) workdir on `devices` devices in each of `processes` processes (joined
-  through gloo on localhost); stop > 0 stops after that step. Process 0's report (full: with
-  evaluation, sampling and memory)."""
+  through gloo on localhost); stop > 0 stops after that step. Every step is 8 windows of 16
+  tokens: `rows` per device (default 8 / devices) in as many micro-steps as that takes.
+  Process 0's report (full: with evaluation, sampling and memory)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   out = tmp_path / f'{workdir}.json'
@@ -92,7 +93,7 @@ def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1,
     port = s.getsockname()[1]
   procs = [subprocess.Popen([sys.executable, '-c', _RUN, str(tmp_path / workdir), str(out),
                              str(stop), str(fsdp), data_path, str(i), str(processes), str(port),
-                             str(int(full))],
+                             str(int(full)), str(rows)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True) for i in range(processes)]
   for p in procs:
@@ -143,67 +144,66 @@ def test_two_processes_of_two_devices_train_like_one_and_one_process_resumes_the
   np.testing.assert_allclose(resumed['bits'], one['bits'], rtol=1e-4)
 
 
-def test_fsdp_resumes_a_one_device_checkpoint_on_the_same_curve_with_an_eighth_of_the_state(
+def test_one_curve_for_every_split_of_the_batch_and_fsdp_holds_an_eighth_of_the_state(
     tmp_path, one):
-  """1 device for 3 steps, then 8 devices with the state split 8 ways (FSDP)."""
-  _run(tmp_path, 1, 'fsdp', stop=3, full=False)
-  r = _run(tmp_path, 8, 'fsdp', fsdp=8)
-  np.testing.assert_allclose(r['losses'], one['losses'], rtol=1e-4)
-  np.testing.assert_allclose(r['bits'], one['bits'], rtol=1e-4)
-  assert r['memory']['fsdp'] <= r['memory']['replicated'] / 6, r['memory']
+  """One run whose every segment splits its 8-row steps another way: 1 device x 4 rows x 2
+  micro-steps (steps 1-2), 8 devices with the state split 8 ways (FSDP, ZeRO-3; steps 3-4,
+  killed there), then 2 devices x 2 rows x 2 micro-steps (step 5). Each follows the curve of
+  1 device x 8 rows: the random inputs of a step are functions of (seed, step, global row)."""
+  accumulated = _run(tmp_path, 1, 'split', stop=2, full=False, rows=4)
+  np.testing.assert_allclose(accumulated['losses'], one['losses'][:2], atol=1e-4)
+  fsdp = _run(tmp_path, 8, 'split', stop=4, fsdp=8)
+  np.testing.assert_allclose(fsdp['losses'], one['losses'][:4], atol=1e-4)
+  assert fsdp['memory']['fsdp'] <= fsdp['memory']['replicated'] / 6, fsdp['memory']
+  resumed = _run(tmp_path, 2, 'split', full=False, rows=2)
+  np.testing.assert_allclose(resumed['losses'], one['losses'], atol=1e-4)
 
 
 _COMPILED = '''
-import json, re, sys
+import json, sys
 sys.path.insert(0, 'tests')
 import jax, jax.numpy as jnp
 from conftest import tiny_config
-from dlm import checkpoint, config as config_lib, sharding, state as state_lib, train
+from dlm import checkpoint, config as config_lib, hlo, sharding, state as state_lib, train
 
-COLLECTIVE = re.compile(
-    r'[\\]})] (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?:-start)?\\(')
-
-def collectives(fsdp):
-  """{'loops': collectives reachable from any while-loop body, 'top': the others} of the
-  compiled train step with 2 micro-batches per step on 8 devices."""
+def compiled(fsdp):
+  """The compiled train step with 2 micro-batches per step on 8 devices, for a model whose
+  state outweighs its activations (depth 8, width 128, 2 rows of 16 tokens per device)."""
   c = tiny_config(**{'train.device_batch_size': 2, 'train.total_batch_size': 2 * 8 * 16 * 2,
-                     'train.fsdp': fsdp})
+                     'train.fsdp': fsdp, 'model.depth': 8, 'model.n_embd': 128})
   sharding.use_fsdp(fsdp)
   mesh = sharding.make_mesh()
   A = config_lib.accumulation_steps(c, 8)
   model, tx, init_fn = state_lib.create(config_lib.model_config(c, 320), c)
   target = checkpoint.abstract_state(init_fn, mesh)
+  state_sh = jax.tree.map(lambda x: x.sharding, target)
   batch = sharding.batch_sharding(mesh, batch_axis=1)
   rep = sharding.replicated(mesh)
   step = jax.jit(train.make_train_step(model, tx, c, A, None, mesh),
-                 in_shardings=(jax.tree.map(lambda x: x.sharding, target), batch, rep))
-  hlo = step.lower(target, jax.ShapeDtypeStruct((A, 16, 16), jnp.int32, sharding=batch),
-                   jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
-                   ).compile().as_text()
-  comps = {re.match(r'(?:ENTRY )?%?([\\w.\\-]+)', b).group(1): b
-           for b in re.split(r'\\n\\n(?=\\S)', hlo) if b.strip() and not b.startswith('HloModule')}
-  looped = set()
-  def reach(name):
-    if name in comps and name not in looped:
-      looped.add(name)
-      for callees in re.findall(r'(?:calls|to_apply|body|condition|branch_computations)='
-                                r'\\{?%?([\\w.\\-]+(?:, %?[\\w.\\-]+)*)', comps[name]):
-        for callee in re.split(r', %?', callees):
-          reach(callee)
-  for body in re.findall(r'body=%?([\\w.\\-]+)', hlo):
-    reach(body)
-  return {'accumulation': A, 'while_loops': len(re.findall(r' while\\(', hlo)),
-          'loops': [op for n in looped for op in COLLECTIVE.findall(comps[n])],
-          'top': [op for n, b in comps.items() if n not in looped for op in COLLECTIVE.findall(b)]}
+                 in_shardings=(state_sh, batch, rep), out_shardings=(state_sh, rep),
+                 donate_argnums=(0,))
+  out = step.lower(target, jax.ShapeDtypeStruct((A, 16, 16), jnp.int32, sharding=batch),
+                   jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)).compile()
+  text = out.as_text()
+  leaves = jax.tree.leaves(target['params'])
+  return {'accumulation': A, 'while_loops': hlo.while_loops(text),
+          'ops': hlo.collectives(text), 'peak': hlo.peak_bytes(out),
+          'param_bytes': sum(4 * x.size for x in leaves),
+          'stacked_shapes': [list(x.shape) for x in leaves if x.ndim == 3],
+          'largest_layer_bytes': max(4 * x.size // (x.shape[0] if x.ndim == 3 else 1)
+                                     for x in leaves)}
 
-json.dump({'dp': collectives(1), 'fsdp': collectives(8)}, open(sys.argv[1], 'w'))
+json.dump({'dp': compiled(1), 'fsdp': compiled(8)}, open(sys.argv[1], 'w'))
 '''
 
 
-def test_compiled_step_reduces_gradients_once_per_step_outside_the_accumulation_loop(tmp_path):
-  """The compiled train step with 2 micro-batches on 8 devices: no collective inside any
-  while loop (the accumulation scan, the layer scan, the self-conditioning pass), one
-  gradient all-reduce after it, and nothing moving rows between devices."""
+def test_compiled_steps_data_parallel_reduces_once_and_fsdp_gathers_one_layer_at_a_time(tmp_path):
+  """The compiled train step with 2 micro-batches on 8 devices. Data parallel: no collective
+  inside any while loop (the accumulation scan, the layer scan, the self-conditioning pass),
+  one gradient all-reduce after them, nothing moving rows between devices. FSDP over the 8
+  (ZeRO-3): every all-gather is of one layer's matrix or smaller, the gradients are
+  reduce-scattered inside the loops, no all-reduce is gradient-sized, and the peak memory per
+  device is at most a quarter of data parallelism's."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
   out = tmp_path / 'hlo.json'
@@ -213,7 +213,16 @@ def test_compiled_step_reduces_gradients_once_per_step_outside_the_accumulation_
   r = json.loads(out.read_text())
   for mode in ('dp', 'fsdp'):
     assert r[mode]['accumulation'] == 2 and r[mode]['while_loops'] >= 2, r[mode]
-    assert r[mode]['loops'] == [], (mode, r[mode]['loops'])
-    assert 'all-reduce' in r[mode]['top'], r[mode]
-    assert not {'all-to-all', 'collective-permute'} & set(r[mode]['top']), r[mode]
-  assert r['dp']['top'].count('all-reduce') == 1, r['dp']  # gradients and metrics, one tuple
+    kinds = {op['kind'] for op in r[mode]['ops']}
+    assert not {'all-to-all', 'collective-permute'} & kinds, (mode, kinds)
+  dp, fsdp = r['dp'], r['fsdp']
+  assert [op for op in dp['ops'] if op['looped']] == [], dp['ops']
+  reduces = [op for op in dp['ops'] if op['kind'] == 'all-reduce']
+  assert len(reduces) == 1 and reduces[0]['bytes'] >= dp['param_bytes'], reduces
+  moved = [op for op in fsdp['ops'] if op['kind'] in ('all-gather', 'all-reduce')]
+  assert any(op['kind'] == 'all-gather' for op in moved), fsdp['ops']
+  # each one layer's matrix at most (Muon's gathers too), never a stack of layers
+  assert all(op['bytes'] <= fsdp['largest_layer_bytes'] for op in moved), moved
+  assert not {tuple(op['shape']) for op in moved} & {tuple(s) for s in fsdp['stacked_shapes']}
+  assert any(op['kind'] == 'reduce-scatter' and op['looped'] for op in fsdp['ops'])
+  assert fsdp['peak'] <= dp['peak'] / 4, (fsdp['peak'], dp['peak'])

@@ -25,10 +25,22 @@ the same functions on it; none of them tests which family it holds. Every module
   flops_multiplier(c)    training FLOPs over the backbone's 6N + attention
   init_noise(c, mcfg)    its part of the train state (`state['noise']`) or None;
   update_noise(noise_state, rows, step, c)   that part after each step
-  draw(key, tokens_BL, model, c, proposal, patterns, condition) -> d
-                         the random inputs of a batch's loss, at the global batch shape
+  draw(key, tokens_BL, model, c, proposal, patterns, condition, rows=None) -> d
+                         the random inputs of a batch's loss. rows (`streams.Rows`): which
+                         rows of the step tokens_BL holds (their global row numbers and the
+                         step's row count; None: all of one batch). Every value of row r must
+                         be a function of (key, r) alone, and anything coupling the rows (a
+                         stratification) a function of the key and r given the count: the
+                         train step draws each device's rows of each micro-batch inside its
+                         accumulation scan, and the loss curve must not depend on that split
+                         (use the helpers of `dlm.streams`; a family that delegates to another's
+                         draw passes rows on)
   scored_positions(tokens_BL, d)             how many positions the loss averages over
   loss(params, model, tokens_BL, d, c, patterns, norm) -> (loss, (metrics, rows))
+                         norm: the positions to divide the sum by (default this batch's
+                         scored ones); the train step passes a fixed scale and divides by the
+                         whole step's scored positions afterwards, so the loss and every metric
+                         must be sums over positions divided by norm
   param_metrics(params, model) -> dict       metrics of the weights alone
   bound(params, model, c, tokens_BL, prev_B, key, proposal, num_steps=0) -> dict
                          nats per sequence: {'nats': (B,), 'replicas': (B, 2) or None (two

@@ -48,7 +48,8 @@ def update_noise(noise_state, rows, step, c):
   return noise_state
 
 
-def draw(key, tokens_BL, model, c, noise_state=None, patterns=None, condition=True) -> dict:
+def draw(key, tokens_BL, model, c, noise_state=None, patterns=None, condition=True,
+         rows=None) -> dict:
   """Nothing is random in the next-token loss."""
   return {}
 

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import conditioning, denoiser, diffusion, labels, noise, samplers, sharding
+from dlm import conditioning, denoiser, diffusion, labels, noise, samplers, sharding, streams
 from dlm.denoiser import branch_labels, embedding_table, self_condition
 from dlm.families import no_stage
 from dlm.losses import token_ce
@@ -94,26 +94,28 @@ def update_noise(noise_state, rows, step, c) -> dict:
 # ---- training ------------------------------------------------------------------------------
 
 def draw(key, tokens_BL, model: Transformer, c, proposal=None, patterns=None,
-         condition: bool = True) -> dict:
-  """The random inputs of one batch's loss, drawn at the shape of the whole (global) batch:
-  with JAX's partitionable threefry their values do not depend on how the rows are split over
-  devices, so the train step can hand each device its rows and a run has the same losses on 1
-  device and on 8 (tests). condition=False: the unconditional objective (no known tokens, no
+         condition: bool = True, rows=None) -> dict:
+  """The random inputs of one batch's loss, each row's a function of the key and its global
+  row number alone (`streams`; rows: which rows of the step these are, default all), so the
+  train step can draw a device's rows of one micro-batch and a run has the same losses however
+  its batch is split (tests). condition=False: the unconditional objective (no known tokens, no
   label), for validation.
 
-  lam (B,) log-SNRs, eps (B, L, E) Gaussian noise, even (B,) the rows that get the
-  self-conditioning pass; with conditioning, known (B, L) the known positions
-  (`conditioning.random_known`); with a label, dropped (B,) the rows trained without it.
+  lam (B,) log-SNRs stratified over the step's rows, eps (B, L, E) Gaussian noise, even (B,)
+  the rows that get the self-conditioning pass; with conditioning, known (B, L) the known
+  positions (`conditioning.random_known`); with a label, dropped (B,) the rows trained without
+  it.
   """
   dc = c.diffusion
   k_t, k_eps, k_cond = jax.random.split(key, 3)
   k_known, k_drop = jax.random.split(k_cond)
   B, L = tokens_BL.shape
-  d = {'lam': noise.of(dc, model.cfg.diffusion_dim).draw(k_t, B, proposal),
-       'eps': jax.random.normal(k_eps, (B, L, model.cfg.diffusion_dim)),
-       'even': jnp.arange(B) % 2 == 0}
+  rows = streams.of(rows, B)
+  d = {'lam': noise.of(dc, model.cfg.diffusion_dim).draw(k_t, rows, proposal),
+       'eps': streams.normal(k_eps, rows, (L, model.cfg.diffusion_dim)),
+       'even': streams.even(rows)}
   d.update(conditioning.training_draws(k_known, k_drop, tokens_BL, model.cfg, dc, patterns,
-                                       condition))
+                                       condition, rows))
   return d
 
 

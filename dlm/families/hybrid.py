@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding
+from dlm import (conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding,
+                 streams)
 from dlm.denoiser import embedding_table
 from dlm.families import no_stage
 from dlm.model import Transformer
@@ -119,22 +120,23 @@ def update_noise(noise_state, rows, step, c) -> dict:
 
 
 def draw(key, tokens_BL, model: Transformer, c, noise_state, patterns=None,
-         condition: bool = True) -> dict:
-  """The random inputs of a batch's loss at the global batch shape (see `gaussian.draw`): t (B,)
-  stratified over [T_MIN, 1], lam (B,) its log-SNR, u (B, L) (corrupted where u < m(t)), eps
-  (B, L, E), even (B,); known (B, L) with condition_fraction > 0, dropped (B,) with a label.
-  noise_state: the proposal q (`noise.proposal`)."""
+         condition: bool = True, rows=None) -> dict:
+  """The random inputs of a batch's loss, row by row (see `gaussian.draw`): t (B,) stratified
+  over [T_MIN, 1] over the step's rows, lam (B,) its log-SNR, u (B, L) (corrupted where
+  u < m(t)), eps (B, L, E), even (B,); known (B, L) with condition_fraction > 0, dropped (B,)
+  with a label. noise_state: the proposal q (`noise.proposal`)."""
   dc = c.diffusion
   k_t, k_u, k_eps, k_cond = jax.random.split(key, 4)
   k_known, k_drop = jax.random.split(k_cond)
   B, L = tokens_BL.shape
-  t_B = T_MIN + (1.0 - T_MIN) * diffusion.stratified(k_t, B)
+  rows = streams.of(rows, B)
+  t_B = T_MIN + (1.0 - T_MIN) * diffusion.stratified(k_t, rows)
   d = {'t': t_B, 'lam': coupling(noise_state)(t_B)[0],
-       'u': jax.random.uniform(k_u, (B, L)),
-       'eps': jax.random.normal(k_eps, (B, L, model.cfg.diffusion_dim)),
-       'even': jnp.arange(B) % 2 == 0}
+       'u': streams.uniform(k_u, rows, (L,)),
+       'eps': streams.normal(k_eps, rows, (L, model.cfg.diffusion_dim)),
+       'even': streams.even(rows)}
   d.update(conditioning.training_draws(k_known, k_drop, tokens_BL, model.cfg, dc, patterns,
-                                       condition))
+                                       condition, rows))
   return d
 
 

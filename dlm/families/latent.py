@@ -113,10 +113,12 @@ def _shape(model: Transformer, proposal) -> autoencoder.Shape:
 # ---- training -------------------------------------------------------------------------------
 
 def draw(key, tokens_BL, model: Transformer, c, proposal=None, patterns=None,
-         condition: bool = True) -> dict:
-  """The Gaussian family's draws (`gaussian.draw`) at one position per chunk, and the clean
-  standardised latents x0 (B, L / c, dim) of the batch (the frozen encoder)."""
-  d = gaussian.draw(key, tokens_BL[:, ::c.latent.chunk], model, c, proposal, patterns, condition)
+         condition: bool = True, rows=None) -> dict:
+  """The Gaussian family's draws (`gaussian.draw`, rows keyed the same way) at one position per
+  chunk, and the clean standardised latents x0 (B, L / c, dim) of the batch (the frozen
+  encoder)."""
+  d = gaussian.draw(key, tokens_BL[:, ::c.latent.chunk], model, c, proposal, patterns, condition,
+                    rows)
   d['x0'] = autoencoder.encode(proposal['frozen'], _shape(model, proposal), tokens_BL)
   return d
 

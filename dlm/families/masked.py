@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import conditioning, diffusion, labels, sharding
+from dlm import conditioning, diffusion, labels, sharding, streams
 from dlm.denoiser import branch_labels, embedding_table
 from dlm.families import no_stage
 from dlm.losses import token_ce
@@ -107,19 +107,20 @@ def denoiser(params, model: Transformer, label_B=None):
 # ---- training ------------------------------------------------------------------------------
 
 def draw(key, tokens_BL, model: Transformer, c, noise_state=None, patterns=None,
-         condition: bool = True) -> dict:
-  """The random inputs of one batch's loss at the global batch shape (their values do not
-  depend on the device split, see `gaussian.draw`): t (B,) stratified in [T_MIN, 1], u (B, L)
-  uniforms (position i is masked when u < t); known (B, L) with conditioning, never masked;
-  dropped (B,) with a label, the rows trained without it."""
+         condition: bool = True, rows=None) -> dict:
+  """The random inputs of one batch's loss, row by row (see `gaussian.draw`): t (B,)
+  stratified in [T_MIN, 1] over the step's rows, u (B, L) uniforms (position i is masked when
+  u < t); known (B, L) with conditioning, never masked; dropped (B,) with a label, the rows
+  trained without it."""
   del noise_state
   dc = c.diffusion
   k_t, k_u, k_known, k_drop = jax.random.split(key, 4)
   B, L = tokens_BL.shape
-  d = {'t': T_MIN + (1.0 - T_MIN) * diffusion.stratified(k_t, B),
-       'u': jax.random.uniform(k_u, (B, L))}
+  rows = streams.of(rows, B)
+  d = {'t': T_MIN + (1.0 - T_MIN) * diffusion.stratified(k_t, rows),
+       'u': streams.uniform(k_u, rows, (L,))}
   d.update(conditioning.training_draws(k_known, k_drop, tokens_BL, model.cfg, dc, patterns,
-                                       condition))
+                                       condition, rows))
   return d
 
 
