@@ -9,7 +9,7 @@ Order: the scorer (configs/scorer.py's rule: a larger AR model) is trained first
 existing one is given; every run reads its prepared tokens in place (`data.path` set to the
 scorer's prepared directory), so all read the same tokens with the same tokenizer (checked
 before scoring). Then each listed diffusion family (the config with `model.family` set) and the
-AR twin (`twin.ar_twin` of the Gaussian config, matched non-embedding parameters) train on the
+AR twin (`ar_configs.ar_twin` of the Gaussian config, matched non-embedding parameters) train on the
 same data, optimiser and budget, each in workdir/<family> (the twin in workdir/ar); a finished
 run is reused, an interrupted one resumed.
 
