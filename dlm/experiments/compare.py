@@ -40,6 +40,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, families, metrics, quality, sampling, sharding
+from dlm.errors import DlmError
 from dlm.experiments import common, report
 from dlm.families import ar
 from dlm.model import count_params
@@ -139,6 +140,10 @@ def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
   """names: the diffusion families to train and measure beside the AR twin."""
   p = common.preset(preset)
   base = common.diffusion_config(c, preset)
+  if base.eval.batch_size % jax.device_count():  # before hours of training, not after
+    raise DlmError(f'eval.batch_size={base.eval.batch_size}: the context probe averages each '
+                   f'batch on the devices, so it must be a multiple of the {jax.device_count()} '
+                   'devices (evaluation and sampling pad theirs)')
   configs = common.family_configs(base, names)
   os.makedirs(workdir, exist_ok=True)
   scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log)
