@@ -157,7 +157,6 @@ def _eval(workdir: str) -> None:
   from tqdm import tqdm
   from dlm import checkpoint, data, evaluate, quality, train
   from dlm import config as config_lib
-  from dlm.errors import DlmError
   import ml_collections
   config_lib.check_output(_OUTPUT.value, workdir)
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
@@ -177,9 +176,7 @@ def _eval(workdir: str) -> None:
   else:
     stream, source = data.val_tokens(workdir), 'validation split'
   windows = data.eval_windows(stream, L, eval_tokens)
-  if len(windows) < batch_size or len(stream) < L:
-    raise DlmError(f'{source} gives {len(windows)} windows of {L} tokens, fewer than '
-                   f'--batch_size={batch_size}: lower --batch_size or give more text')
+  config_lib.check_eval_windows(len(windows), batch_size, source, L, len(stream))
   result = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(c), windows,
                              run.tokenizer.token_bytes(), batch_size, seed=_SEED.value,
                              progress=lambda it: tqdm(it, desc='eval', unit='batch'),

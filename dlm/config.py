@@ -435,6 +435,15 @@ def check_eval_flags(flags: dict) -> None:
            '--bound_samples must be >= 2 (two replicas for the Monte-Carlo error)')
 
 
+def check_eval_windows(windows: int, batch_size: int, source: str, seq_len: int,
+                       tokens: int) -> None:
+  """--mode=eval's held-out text (`tokens` tokens cut into `windows` windows of seq_len) must
+  fill at least one batch."""
+  _require(windows >= batch_size and tokens >= seq_len,
+           f'{source} gives {windows} windows of {seq_len} tokens, fewer than '
+           f'--batch_size={batch_size}: lower --batch_size or give more text')
+
+
 def check_output(output: str, workdir: str) -> None:
   """Refuse an --output that cannot be written, or that is one of the run's own files, before
   minutes of sampling or evaluation."""

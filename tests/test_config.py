@@ -209,6 +209,10 @@ def test_sampling_and_evaluation_flag_values_are_checked_against_the_run():
     config_lib.check_eval_flags({'bound_samples': 1})
   with pytest.raises(DlmError, match='--eval_tokens and --batch_size must be positive'):
     config_lib.check_eval_flags({'batch_size': -4})
+  config_lib.check_eval_windows(4, 4, 'validation split', 16, 64)
+  with pytest.raises(DlmError, match=re.escape('x.txt gives 3 windows of 16 tokens, fewer than '
+                                               '--batch_size=4: lower --batch_size')):
+    config_lib.check_eval_windows(3, 4, 'x.txt', 16, 48)
 
 
 def test_an_output_that_would_overwrite_the_run_or_cannot_be_written_is_refused(tmp_path):
