@@ -84,32 +84,16 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in the run 
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (-1: detected).')
 
 
-_EVERY_MODE = ('mode', 'workdir', 'distributed', 'coordinator_address', 'num_processes',
-               'process_id')
-_SAMPLING = ('checkpoint', 'output', 'seed', 'num_samples', 'seq_len', 'num_steps', 'temperature',
-             'top_p', 'sampler', 'score_temperature', 'self_condition', 'order', 'cache')
-# The flags each mode reads; one given to a mode that ignores it is refused, since a silently
-# ignored --seed or --config.sample.num_steps would look as if it had been applied.
-MODE_FLAGS = {
-    'train': (*_EVERY_MODE, 'config'),
-    'prepare': (*_EVERY_MODE, 'config'),
-    'sample': (*_EVERY_MODE, *_SAMPLING, 'prompt', 'infill', 'label', 'guidance'),
-    'eval': (*_EVERY_MODE, *_SAMPLING, 'eval_tokens', 'batch_size', 'bound_samples', 'eval_data',
-             'scorer'),
-}
+def _given() -> set[str]:
+  """The names of the flags on the command line (absl's own flags aside)."""
+  from dlm import config as config_lib
+  return {n for names in config_lib.MODE_FLAGS.values() for n in names if flags.FLAGS[n].present}
 
 
-def _check_mode_flags(argv) -> None:
-  from dlm.errors import DlmError
-  mode = _MODE.value
-  if mode not in ('train', 'prepare') and any(a.startswith('--config') for a in argv[1:]):
-    raise DlmError(f'--config and --config.* apply to --mode=train: --mode={mode} reads the run\'s '
-                   'own config.json (use the sampling flags, e.g. --num_steps)')
-  for name in sorted({n for names in MODE_FLAGS.values() for n in names}):
-    if flags.FLAGS[name].present and name not in MODE_FLAGS[mode]:
-      modes = '|'.join(m for m, names in MODE_FLAGS.items() if name in names)
-      raise DlmError(f'--{name} does not apply to --mode={mode} (a flag of --mode={modes})'
-                     + ('; the training seed is --config.seed' if name == 'seed' else ''))
+def _flag_values() -> dict:
+  """{name: value} of the flags the mode reads, unset ones at their defaults."""
+  from dlm import config as config_lib
+  return {n: flags.FLAGS[n].value for n in config_lib.MODE_FLAGS[_MODE.value] if n != 'config'}
 
 
 def _workdir() -> str:
@@ -137,10 +121,11 @@ def _print_samples(records) -> None:
 
 def _sample(workdir: str) -> None:
   from dlm import checkpoint, sampling, train
-  _check_output(workdir)
+  from dlm import config as config_lib
+  config_lib.check_output(_OUTPUT.value, workdir)
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
   train.enable_compilation_cache(run.config.train.compilation_cache)
-  _check_sample_flags(run)
+  config_lib.check_sample_flags(run, _flag_values())
   records = sampling.generate(run, num_samples=_NUM_SAMPLES.value or run.config.sample.num_samples,
                               seq_len=_SEQ_LEN.value, seed=_SEED.value, prompt=_PROMPT.value,
                               infill=_INFILL.value, label=_LABEL.value, guidance=_GUIDANCE.value,
@@ -171,40 +156,18 @@ def _print_stats(run, records) -> None:
         f'{ref["word_entropy"]:.2f} bits, distinct-2 {ref["distinct_2"]:.2f}')
 
 
-def _check_sample_flags(run) -> None:
-  from dlm import families, sampling
-  from dlm.errors import DlmError
-  sampling.resolve_options(run, families.of(run.model_config), _sampler_flags())
-  if _SCORE_TEMPERATURE.value < 0:
-    raise DlmError('--score_temperature must be positive')
-  if _SEQ_LEN.value > run.model_config.sequence_len:
-    raise DlmError(f'--seq_len={_SEQ_LEN.value} exceeds the model\'s sequence_len='
-                   f'{run.model_config.sequence_len}')
-  if min(_NUM_STEPS.value, _SEQ_LEN.value, _NUM_SAMPLES.value) < 0 or _TEMPERATURE.value < 0:
-    raise DlmError('--num_samples, --seq_len, --num_steps and --temperature must be positive')
-  if not 0 <= _TOP_P.value <= 1:
-    raise DlmError('--top_p must be in (0, 1]')
-  if _GUIDANCE.value is not None and _GUIDANCE.value < 0:
-    raise DlmError(f'--guidance={_GUIDANCE.value:g}: the guidance scale must be >= 0')
-  if _GUIDANCE.value is not None and not _LABEL.value:
-    raise DlmError('--guidance steers towards a --label: give one (e.g. --label=yes)')
-
-
 def _eval(workdir: str) -> None:
   from tqdm import tqdm
   from dlm import checkpoint, data, evaluate, quality, train
-  from dlm.errors import DlmError
+  from dlm import config as config_lib
   import ml_collections
-  _check_output(workdir)
+  config_lib.check_output(_OUTPUT.value, workdir)
   run = checkpoint.load_run(workdir, _CHECKPOINT.value)
   train.enable_compilation_cache(run.config.train.compilation_cache)
   c, L = run.config, run.model_config.sequence_len
-  _check_sample_flags(run)  # the samples come last: their flags are checked first
-  if min(_EVAL_TOKENS.value, _BATCH_SIZE.value) < 0:
-    raise DlmError('--eval_tokens and --batch_size must be positive')
+  config_lib.check_sample_flags(run, _flag_values())  # the samples come last: checked first
+  config_lib.check_eval_flags(_flag_values())
   if _BOUND_SAMPLES.value:
-    if _BOUND_SAMPLES.value < 2:
-      raise DlmError('--bound_samples must be >= 2 (two replicas for the Monte-Carlo error)')
     c.eval.bound_samples = _BOUND_SAMPLES.value
   scorer = quality.load_scorer(_SCORER.value) if _SCORER.value else None
   if scorer is not None:
@@ -216,9 +179,7 @@ def _eval(workdir: str) -> None:
   else:
     stream, source = data.val_tokens(workdir), 'validation split'
   windows = data.eval_windows(stream, L, eval_tokens)
-  if len(windows) < batch_size or len(stream) < L:
-    raise DlmError(f'{source} gives {len(windows)} windows of {L} tokens, fewer than '
-                   f'--batch_size={batch_size}: lower --batch_size or give more text')
+  config_lib.check_eval_windows(len(windows), batch_size, source, L, len(stream))
   result = evaluate.evaluate(run.params, run.model, ml_collections.FrozenConfigDict(c), windows,
                              run.tokenizer.token_bytes(), batch_size, seed=_SEED.value,
                              progress=lambda it: tqdm(it, desc='eval', unit='batch'),
@@ -335,29 +296,6 @@ def _write(path: str, text: str) -> None:
     f.write(text)
 
 
-def _check_output(workdir: str) -> None:
-  """Refuse an --output that cannot be written, or that is one of the run's own files, before
-  minutes of sampling or evaluation."""
-  from dlm.errors import DlmError
-  if not _OUTPUT.value:
-    return
-  path = os.path.realpath(_OUTPUT.value)
-  if os.path.isdir(path):
-    raise DlmError(f'--output={_OUTPUT.value} is a directory; give a file name')
-  inside = os.path.relpath(path, os.path.realpath(workdir)).split(os.sep)
-  if inside[0] in ('config.json', 'metrics.jsonl', 'checkpoints', 'data', 'tokenizer',
-                   'tensorboard', 'wandb', 'wandb_run_id'):
-    raise DlmError(f'--output={_OUTPUT.value} would overwrite the run\'s own '
-                   f'{inside[0]}; write elsewhere')
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):  # the nearest folder that exists must take new entries
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent) or not os.access(parent, os.W_OK) or (
-      os.path.exists(path) and not os.access(path, os.W_OK)):
-    raise DlmError(f'--output={_OUTPUT.value} cannot be written ({parent} is not a writable '
-                   'directory)')
-
-
 def _parse_flags(argv):
   """absl's parser, with config-file and override problems reported in one line."""
   try:
@@ -374,15 +312,16 @@ def _parse_flags(argv):
 
 
 def main(argv) -> None:
+  from dlm import config as config_lib
   from dlm.errors import DlmError
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
   try:
-    _check_mode_flags(sys.argv)
-    if _DISTRIBUTED.value and _MODE.value == 'prepare':
-      raise DlmError('--mode=prepare runs in one process: drop --distributed')
+    config_lib.check_command(_MODE.value, _given(),
+                             any(a.startswith('--config') for a in sys.argv[1:]),
+                             _DISTRIBUTED.value)
     if _DISTRIBUTED.value:
       from dlm import sharding
       sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

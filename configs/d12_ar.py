@@ -4,7 +4,7 @@
 """
 
 from configs.d12 import get_config as d12
-from dlm.experiments.twin import ar_twin
+from dlm.ar_configs import ar_twin
 
 
 def get_config():

@@ -4,12 +4,12 @@
   python main.py --mode=eval --workdir=runs/quickstart_ar --scorer=runs/scorer
 
 The causal model on the same backbone, with depth / width chosen so its non-embedding
-parameters match the diffusion model's (dlm/experiments/twin.py; 4 layers of width 296 against
+parameters match the diffusion model's (dlm/ar_configs.py; 4 layers of width 296 against
 the diffusion model's 4 of 256 plus its time conditioning).
 """
 
 from configs.quickstart import get_config as quickstart
-from dlm.experiments.twin import ar_twin
+from dlm.ar_configs import ar_twin
 
 
 def get_config():

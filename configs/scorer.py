@@ -11,7 +11,7 @@ ablate commands train it first and point the other runs' `data.path` at its prep
 """
 
 from configs.quickstart import get_config as quickstart
-from dlm.experiments.common import scorer_config
+from dlm.ar_configs import scorer_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
   python -m dlm.bench --config configs/d12.py [--families=gaussian,masked,hybrid,ar]
       [--batch=64] [--steps=10] [--output=bench.json]
 
-For each diffusion family on the config's backbone and its AR twin (`experiments.twin`: same
+For each diffusion family on the config's backbone and its AR twin (`ar_configs.ar_twin`: same
 data shapes, matched non-embedding parameters) it compiles and then times, after a warm-up call:
 - the train step (one micro-batch of `--batch` sequences, no accumulation): tokens/s and MFU
   (nanochat's 6N + attention flops rule, `model.flops_per_token`; the diffusion model's extra
@@ -36,7 +36,7 @@ from ml_collections import config_flags
 from dlm import config as config_lib
 from dlm import families, sampling, sharding, state as state_lib
 from dlm.errors import DlmError
-from dlm.experiments import twin
+from dlm import ar_configs
 from dlm.model import count_params, flops_per_token
 from dlm.train import make_train_step, peak_flops
 
@@ -65,7 +65,7 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
   c.train.total_batch_size = 0  # one micro-batch per step: the step's own speed
   c.train.device_batch_size = max(1, batch // jax.device_count())
   config_lib.validate(c, jax.device_count())
-  mcfg = config_lib.model_config(c, twin.planned_vocab(c))
+  mcfg = config_lib.model_config(c, ar_configs.planned_vocab(c))
   family = families.of(mcfg)
   model, tx, init_fn = state_lib.create(mcfg, c)
   mesh = sharding.make_mesh()
@@ -196,7 +196,7 @@ def bench(c, batch: int = 0, repeats: int = 10, log=print,
   result = {'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
             'num_devices': jax.device_count(), 'families': {}, 'ratios': {}}
   for name in names:
-    fc = twin.ar_twin(c) if name == 'ar' else copy.deepcopy(c)
+    fc = ar_configs.ar_twin(c) if name == 'ar' else copy.deepcopy(c)
     fc.model.family = name
     result['families'][name] = bench_family(fc, batch, repeats, log)
   if 'ar' not in names:

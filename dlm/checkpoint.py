@@ -12,9 +12,14 @@ Damage. Orbax writes a checkpoint under a temporary name and renames it when com
 process killed mid-save leaves no half checkpoint under a step's name (the temporary directory
 is removed when the next run opens the directory). What it cannot see is damage after the fact:
 a file truncated or deleted by a full or failing disk, a botched copy. Once a save is complete,
-process 0 writes `dlm_manifest.json` into it (the size of every file), and a checkpoint whose
-files disagree with it, or that fails to restore, is renamed `<step>.corrupt` (kept for
-inspection; Orbax ignores the name) and the one before it is used.
+process 0 writes `dlm_manifest.json` into it (the size and CRC-32 of every file), and a
+checkpoint whose files disagree with it, or that fails to restore, is renamed `<step>.corrupt`
+(kept for inspection; Orbax ignores the name) and the one before it is used. The checksum
+catches what keeps a file's size: a flipped bit would otherwise be read back as a wrong weight
+without a word, or fail inside the restore with a TensorStore error. CRC-32 rather than a
+cryptographic hash: it detects every burst of up to 32 flipped bits (the failure of a disk or a
+copy, not of an adversary) and zlib computes it about twice as fast as hashlib's blake2b or
+sha256 on this machine's CPU (docs/misc-notes.md has the measurement).
 """
 
 import contextlib
@@ -23,6 +28,7 @@ import gc
 import json
 import os
 import sys
+import zlib
 
 import grain
 import jax
@@ -118,8 +124,8 @@ class Checkpoints:
                    'room and run the same command to resume') from None
 
   def problem(self, step: int, items=('state',)) -> str | None:
-    """What is wrong with checkpoint `step` on disk (a file missing or of another size than
-    its manifest says, one of `items` or the state's metadata missing), or None."""
+    """What is wrong with checkpoint `step` on disk (a file missing, of another size or
+    checksum than its manifest says, one of `items` or the state's metadata missing), or None."""
     path = storage.join(self.directory, str(step))
     for item in items:
       if not self._has(step, item):
@@ -130,18 +136,31 @@ class Checkpoints:
       return None  # no manifest there: a restore that fails is what finds damage
     try:
       with open(os.path.join(path, MANIFEST)) as f:
-        sizes = json.load(f)
+        files = json.load(f)
     except FileNotFoundError:
-      sizes = {}  # killed before the manifest was written, or an older run: restore decides
+      files = {}  # killed before the manifest was written, or an older run: restore decides
     except (OSError, ValueError) as e:
       return f'its manifest is unreadable: {_first_line(e)}'
-    for name, size in sorted(sizes.items()):
+    # Older manifests hold the size alone. Every size before any checksum: a truncated file is
+    # found without reading the others.
+    files = {name: entry if isinstance(entry, dict) else {'size': entry}
+             for name, entry in files.items()}
+    for name, entry in sorted(files.items()):
       try:
         have = os.path.getsize(os.path.join(path, name))
       except OSError:
         return f'{name} is missing'
-      if have != size:
-        return f'{name} has {have} bytes, {size} when saved'
+      if have != entry['size']:
+        return f'{name} has {have} bytes, {entry["size"]} when saved'
+    for name, entry in sorted(files.items()):
+      if 'crc32' in entry:
+        try:
+          have = file_crc32(os.path.join(path, name))
+        except OSError as e:
+          return f'{name} cannot be read: {e.strerror}'
+        if have != entry['crc32']:
+          return (f'{name} does not match its checksum (CRC-32 {have}, {entry["crc32"]} when '
+                  'saved): its bytes changed after the save')
     if not os.path.isfile(os.path.join(path, 'state', '_METADATA')):
       return 'state/_METADATA is missing'
     return None
@@ -306,19 +325,35 @@ def _names(directory: str) -> list[str]:
   return [p.name for p in storage.path(directory).iterdir()] if storage.exists(directory) else []
 
 
+def file_crc32(path: str, chunk: int = 1 << 22) -> str:
+  """The CRC-32 of a file as 8 hex digits, read 4 MiB at a time (a checkpoint's files can be
+  larger than the memory left beside the run)."""
+  crc = 0
+  with open(path, 'rb') as f:
+    while block := f.read(chunk):
+      crc = zlib.crc32(block, crc)
+  return f'{crc:08x}'
+
+
 def write_manifest(path: str) -> None:
-  """The size of every file of the complete checkpoint at `path`, in path/dlm_manifest.json,
-  written whole or not at all (a torn manifest would condemn a good checkpoint)."""
-  sizes = {}
-  for root, _, files in os.walk(path):
-    for name in files:
-      full = os.path.join(root, name)
-      sizes[os.path.relpath(full, path)] = os.path.getsize(full)
-  sizes.pop(MANIFEST, None)
+  """The size and CRC-32 of every file of the complete checkpoint at `path`, in
+  path/dlm_manifest.json, written whole or not at all (a torn manifest would condemn a good
+  checkpoint)."""
+  files = {}
+  try:
+    for root, _, names in os.walk(path):
+      for name in names:
+        full = os.path.join(root, name)
+        rel = os.path.relpath(full, path)
+        if rel not in (MANIFEST, MANIFEST + '.tmp'):
+          files[rel] = {'size': os.path.getsize(full), 'crc32': file_crc32(full)}
+  except OSError as e:
+    print(f'warning: cannot write the manifest of {path}: {e.strerror}', file=sys.stderr)
+    return
   tmp = os.path.join(path, MANIFEST + '.tmp')
   try:
     with open(tmp, 'w') as f:
-      json.dump(sizes, f, indent=0, sort_keys=True)
+      json.dump(files, f, indent=0, sort_keys=True)
     os.replace(tmp, os.path.join(path, MANIFEST))
   except OSError as e:  # the checkpoint itself is complete; it goes unchecked, that is all
     print(f'warning: cannot write the manifest of {path}: {e.strerror}', file=sys.stderr)

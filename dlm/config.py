@@ -8,6 +8,7 @@ channels, unless n_embd / n_head / n_layer are given explicitly (non-zero).
 import difflib
 import json
 import math
+import os
 
 import jax
 import ml_collections
@@ -405,6 +406,97 @@ def validate(c, num_devices: int | None = 1) -> None:
     _require(num_devices % t.fsdp == 0,
              f'train.fsdp={t.fsdp} must divide the {num_devices} devices')
     accumulation_steps(c, num_devices)
+
+
+# ---- the command line: which flags each mode reads, and their values -------------------------
+
+_EVERY_MODE = ('mode', 'workdir', 'distributed', 'coordinator_address', 'num_processes',
+               'process_id')
+_SAMPLING = ('checkpoint', 'output', 'seed', 'num_samples', 'seq_len', 'num_steps', 'temperature',
+             'top_p', 'sampler', 'score_temperature', 'self_condition', 'order', 'cache')
+# The flags each mode of main.py reads; one given to a mode that ignores it is refused, since a
+# silently ignored --seed or --config.sample.num_steps would look as if it had been applied.
+MODE_FLAGS = {
+    'train': (*_EVERY_MODE, 'config'),
+    'prepare': (*_EVERY_MODE, 'config'),
+    'sample': (*_EVERY_MODE, *_SAMPLING, 'prompt', 'infill', 'label', 'guidance'),
+    'eval': (*_EVERY_MODE, *_SAMPLING, 'eval_tokens', 'batch_size', 'bound_samples', 'eval_data',
+             'scorer'),
+}
+
+
+def check_command(mode: str, given, config_given: bool = False,
+                  distributed: bool = False) -> None:
+  """Refuse a command line whose flags the mode would not read. given: the names of the flags
+  on it (`MODE_FLAGS`); config_given: whether --config or a --config.* override is on it."""
+  if mode not in ('train', 'prepare') and config_given:
+    raise DlmError(f'--config and --config.* apply to --mode=train: --mode={mode} reads the run\'s '
+                   'own config.json (use the sampling flags, e.g. --num_steps)')
+  known = {n for names in MODE_FLAGS.values() for n in names}
+  for name in sorted(set(given) & known):
+    if name not in MODE_FLAGS[mode]:
+      modes = '|'.join(m for m, names in MODE_FLAGS.items() if name in names)
+      raise DlmError(f'--{name} does not apply to --mode={mode} (a flag of --mode={modes})'
+                     + ('; the training seed is --config.seed' if name == 'seed' else ''))
+  _require(not (distributed and mode == 'prepare'),
+           '--mode=prepare runs in one process: drop --distributed')
+
+
+def check_sample_flags(run, flags: dict) -> None:
+  """The sampling flags of --mode=sample / eval against the loaded run (`checkpoint.Run`).
+  flags: {name: value} as given; 0, '' and None leave the run's `sample` config in charge."""
+  from dlm import families, sampling
+  sampling.resolve_options(run, families.of(run.model_config),
+                           {k: flags[k] for k in sampling.OPTIONS if k in flags})
+  f = lambda name, default=0: default if flags.get(name) is None else flags[name]
+  _require(f('score_temperature') >= 0, '--score_temperature must be positive')
+  _require(f('seq_len') <= run.model_config.sequence_len,
+           f'--seq_len={f("seq_len")} exceeds the model\'s sequence_len='
+           f'{run.model_config.sequence_len}')
+  _require(min(f('num_steps'), f('seq_len'), f('num_samples')) >= 0 and f('temperature') >= 0,
+           '--num_samples, --seq_len, --num_steps and --temperature must be positive')
+  _require(0 <= f('top_p') <= 1, '--top_p must be in (0, 1]')
+  guidance = flags.get('guidance')
+  if guidance is not None:
+    _require(guidance >= 0, f'--guidance={guidance:g}: the guidance scale must be >= 0')
+    _require(bool(flags.get('label')),
+             '--guidance steers towards a --label: give one (e.g. --label=yes)')
+
+
+def check_eval_flags(flags: dict) -> None:
+  """The evaluation flags of --mode=eval ({name: value}; 0: the run's `eval` config)."""
+  _require(min(flags.get('eval_tokens', 0), flags.get('batch_size', 0)) >= 0,
+           '--eval_tokens and --batch_size must be positive')
+  _require(flags.get('bound_samples', 0) in (0, None) or flags['bound_samples'] >= 2,
+           '--bound_samples must be >= 2 (two replicas for the Monte-Carlo error)')
+
+
+def check_eval_windows(windows: int, batch_size: int, source: str, seq_len: int,
+                       tokens: int) -> None:
+  """--mode=eval's held-out text (`tokens` tokens cut into `windows` windows of seq_len) must
+  fill at least one batch."""
+  _require(windows >= batch_size and tokens >= seq_len,
+           f'{source} gives {windows} windows of {seq_len} tokens, fewer than '
+           f'--batch_size={batch_size}: lower --batch_size or give more text')
+
+
+def check_output(output: str, workdir: str) -> None:
+  """Refuse an --output that cannot be written, or that is one of the run's own files, before
+  minutes of sampling or evaluation."""
+  if not output:
+    return
+  path = os.path.realpath(output)
+  _require(not os.path.isdir(path), f'--output={output} is a directory; give a file name')
+  inside = os.path.relpath(path, os.path.realpath(workdir)).split(os.sep)
+  _require(inside[0] not in ('config.json', 'metrics.jsonl', 'checkpoints', 'data', 'tokenizer',
+                             'tensorboard', 'wandb', 'wandb_run_id', 'autoencoder'),
+           f'--output={output} would overwrite the run\'s own {inside[0]}; write elsewhere')
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):  # the nearest folder that exists must take new entries
+    parent = os.path.dirname(parent)
+  _require(os.path.isdir(parent) and os.access(parent, os.W_OK) and not (
+      os.path.exists(path) and not os.access(path, os.W_OK)),
+           f'--output={output} cannot be written ({parent} is not a writable directory)')
 
 
 # ---- resuming -------------------------------------------------------------------------------

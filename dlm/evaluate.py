@@ -22,17 +22,36 @@ no probability to text): its `bound` returns no nats, the JSON carries no bits, 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from dlm import families, losses, noise, sharding
+from dlm import families, noise, sharding
 from dlm.model import Transformer
 
 LN2 = float(np.log(2.0))
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'config'))
-def _objective(params, tokens_BL, key, proposal, *, model, config):
-  return losses.loss_fn(params, model, tokens_BL, key, config, proposal, condition=False)[1][0]
+@functools.partial(jax.jit, static_argnames=('model', 'config', 'n'))
+def _objective(params, tokens_PL, key, proposal, *, model, config, n: int):
+  """The training objective (unconditional) of the first n rows of a batch padded to P >= n
+  rows so that it splits over the devices: the random inputs drawn for those n rows alone, as
+  an unpadded batch draws them, copied onto the padding, and each row's loss summed on its own
+  so that the padding stays out of the total. Equal to the objective of the n rows as one
+  batch, since a family's loss is a sum over rows over `scored_positions`."""
+  family = families.of(model.cfg)
+  P = tokens_PL.shape[0]
+  d = family.draw(key, tokens_PL[:n], model, config, proposal, None, False)
+  if P == n:  # nothing to leave out: one batch, as training computes it (the per-row form
+    # below costs the quickstart's objective 20-30% more on CPU, docs/misc-notes.md)
+    return family.loss(params, model, tokens_PL, d, config)[0]
+  d = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], P - n, 0)]), d)
+
+  def row(tokens_L, d_row):
+    tokens_1L, d_1 = tokens_L[None], jax.tree.map(lambda x: x[None], d_row)
+    total = family.loss(params, model, tokens_1L, d_1, config, None, 1.0)[0]
+    return total, family.scored_positions(tokens_1L, d_1)
+  total_P, count_P = jax.vmap(row)(tokens_PL, d)
+  return jnp.sum(total_P[:n]) / jnp.sum(count_P[:n])
 
 
 def _summary(prefix: str, nats_N, tokens: int, num_bytes: int, mc_var: float | None) -> dict:
@@ -65,8 +84,9 @@ class _Tally:
     self.nats, self.mc_var, self.parts, self.level, self.ce = [], 0.0, {}, [], []
     self.means = {}
 
-  def add(self, b: dict) -> None:
-    b = sharding.fetch(b)
+  def add(self, b: dict, n: int) -> None:
+    """The bound `b` of a batch whose first n rows are real (the rest padding)."""
+    b = jax.tree.map(lambda x: x[:n], sharding.fetch(b))
     for name, values in b.get('means', {}).items():
       for k, v in values.items():
         self.means.setdefault(name, {}).setdefault(k, []).append(np.asarray(v).ravel())
@@ -111,18 +131,21 @@ def evaluate(params, model: Transformer, c, windows: np.ndarray, token_bytes: np
   discrete_steps = (c.eval.discrete_steps or c.sample.num_steps) if discrete and not family.EXACT else 0
   objective, tallies = [], {'': _Tally(), 'discrete_': _Tally()}
   batches = range(0, n, batch_size)
+  # Data-parallel over the mesh: a batch that does not split over the devices is padded with
+  # copies of its last window, which are left out of every sum (`_objective`, `_Tally.add`).
+  rows = sharding.padded(batch_size)
   for i in (progress(batches) if progress else batches):
-    tokens = sharding.global_rows(windows[i:i + batch_size])  # data-parallel over the mesh
+    tokens = sharding.global_rows(sharding.pad_rows(windows[i:i + batch_size], rows))
     k = jax.random.fold_in(key, i)
-    objective.append(float(_objective(params, tokens, k, proposal, model=model,
-                                      config=c)['loss']))
+    objective.append(float(_objective(params, tokens, k, proposal, model=model, config=c,
+                                      n=batch_size)))
     if not bound:
       continue
-    context = sharding.global_rows(prev[i:i + batch_size])
-    tallies[''].add(family.bound(params, model, c, tokens, context, k, proposal))
+    context = sharding.global_rows(sharding.pad_rows(prev[i:i + batch_size], rows))
+    tallies[''].add(family.bound(params, model, c, tokens, context, k, proposal), batch_size)
     if discrete_steps:
       tallies['discrete_'].add(family.bound(params, model, c, tokens, context, k, proposal,
-                                            num_steps=discrete_steps))
+                                            num_steps=discrete_steps), batch_size)
   tokens_total = windows.size
   result = {'val_loss': float(np.mean(objective)), 'eval_tokens': int(tokens_total),
             'eval_bytes': int(token_bytes[windows].sum())}

@@ -109,13 +109,16 @@ def sample_array(run, num_samples: int, seq_len: int = 0, seed: int = 0, prompt:
   """(token ids (num_samples, seq_len), the settings used): `generate` without decoding.
   trajectory=True (diffusion families): also the per-step ids and entropies of the sampler."""
   family = families.of(run.model_config)
-  kwargs, settings = prepare(run, num_samples, seq_len, prompt, infill, label, guidance,
-                             **options)
+  # Rows padded to a multiple of the devices and dropped: every random draw of a sampler is
+  # indexed by row (partitionable threefry), so the kept rows are those of an unpadded run.
+  kwargs, settings = prepare(run, sharding.padded(num_samples), seq_len, prompt, infill, label,
+                             guidance, **options)
   out = family.sample_tokens(run.params, jax.random.key(seed), run.proposal, model=run.model,
                              trajectory=trajectory, **kwargs)
   if trajectory:
-    return sharding.fetch(out[0]), settings, sharding.fetch(out[1])
-  return sharding.fetch(out), settings
+    return (sharding.fetch(out[0])[:num_samples], settings,
+            jax.tree.map(lambda x: x[:, :num_samples], sharding.fetch(out[1])))  # (steps, N, L)
+  return sharding.fetch(out)[:num_samples], settings
 
 
 def resolve_options(run, family, options: dict) -> dict:
@@ -153,7 +156,8 @@ def resolve_options(run, family, options: dict) -> dict:
 def prepare(run, num_samples: int, seq_len: int = 0, prompt: str = '', infill: str = '',
             label: str = '', guidance=None, **options):
   """(keyword arguments of the run's family's jitted `sample_tokens` beside the weights, the key
-  and the proposal; the settings to record), arguments as in `sample_array`."""
+  and the proposal; the settings to record), arguments as in `sample_array`; num_samples must
+  split over the devices (`sharding.padded`)."""
   family = families.of(run.model_config)
   sc = run.config.sample
   L = seq_len or sc.seq_len or run.model_config.sequence_len

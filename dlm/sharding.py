@@ -153,17 +153,35 @@ def batch_sharding(mesh, batch_axis: int = 0) -> NamedSharding:
 
 def rows(n: int, mesh=None, axis: int = 0, ndim: int = 1) -> NamedSharding:
   """Axis `axis` of an ndim-array with n rows split over every device: evaluation and sampling
-  run data-parallel with a per-device batch. Replicated when n does not divide (batch 1)."""
+  run data-parallel with a per-device batch. n must be a multiple of the device count (pad
+  with `padded` / `pad_rows` and drop the padding from the results): a batch that does not
+  split would run whole on every device, the work of n rows on each."""
   mesh = mesh or make_mesh()
+  if n % mesh.size:
+    from dlm.errors import DlmError
+    raise DlmError(f'{n} rows do not split over the {mesh.size} devices: pad them to '
+                   f'{padded(n, mesh)} (sharding.padded) and drop the padding from the results')
   spec = [None] * ndim
-  if n % mesh.size == 0:
-    spec[axis] = AXES
+  spec[axis] = AXES
   return NamedSharding(mesh, P(*spec))
+
+
+def padded(n: int, mesh=None) -> int:
+  """n rounded up to a multiple of the mesh's devices: the rows a batch of n runs as."""
+  size = (mesh or make_mesh()).size
+  return -(-n // size) * size
+
+
+def pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+  """x with its last row repeated up to n rows: real tokens, so the padding computes what a
+  real row does (no NaN from an empty window) and is dropped afterwards."""
+  x = np.asarray(x)
+  return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), 0)])
 
 
 def global_rows(x: np.ndarray, mesh=None) -> jax.Array:
   """A batch every process holds in full (evaluation windows, sampling prompts) as one global
-  array split by rows over the mesh."""
+  array split by rows over the mesh; its row count must split (`padded`)."""
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, rows(len(x), mesh, 0, x.ndim),
                                       lambda index: x[index])

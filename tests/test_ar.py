@@ -8,7 +8,7 @@ import numpy as np
 from conftest import tiny_config
 from dlm import evaluate
 from dlm.families import ar as ar_family
-from dlm.experiments import twin
+from dlm import ar_configs as twin
 from dlm.model import ModelConfig, Transformer, empty_cache
 
 CFG = ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, sequence_len=12, family='ar',

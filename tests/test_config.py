@@ -165,3 +165,63 @@ def test_a_saved_config_with_an_unknown_field_is_one_line(tmp_path):
   path.write_text(json.dumps({'sample': {'num_steps': 0}}))  # edited by hand
   with pytest.raises(DlmError, match='config.json: sample.num_steps=0 must be a positive integer'):
     config_lib.load_json(path)
+
+
+# ---- the command line's rules (main.py only parses and dispatches) --------------------------
+
+@pytest.mark.parametrize('mode, given, kwargs, message', [
+    ('train', {'seed'}, {}, '--seed does not apply to --mode=train (a flag of --mode=sample|eval)'
+                            '; the training seed is --config.seed'),
+    ('eval', {'prompt'}, {}, '--prompt does not apply to --mode=eval (a flag of --mode=sample)'),
+    ('prepare', {'batch_size'}, {}, '--batch_size does not apply to --mode=prepare'),
+    ('sample', set(), {'config_given': True}, '--config and --config.* apply to --mode=train'),
+    ('prepare', {'distributed'}, {'distributed': True}, '--mode=prepare runs in one process'),
+])
+def test_a_flag_the_mode_does_not_read_is_refused(mode, given, kwargs, message):
+  with pytest.raises(DlmError, match=re.escape(message)):
+    config_lib.check_command(mode, given, **kwargs)
+
+
+def test_the_flags_each_mode_reads_pass():
+  for mode, names in config_lib.MODE_FLAGS.items():
+    config_lib.check_command(mode, set(names) - {'config'}, config_given=mode == 'train',
+                             distributed=mode != 'prepare')
+
+
+def test_sampling_and_evaluation_flag_values_are_checked_against_the_run():
+  import types
+  run = types.SimpleNamespace(config=tiny_config(),
+                              model_config=types.SimpleNamespace(family='gaussian',
+                                                                 sequence_len=16))
+  ok = dict(num_steps=4, seq_len=16, num_samples=2, temperature=0.5, top_p=0.0,
+            score_temperature=0.0, guidance=None, label='')
+  config_lib.check_sample_flags(run, ok)
+  for bad, message in [({'seq_len': 17}, "--seq_len=17 exceeds the model's sequence_len=16"),
+                       ({'num_steps': -1}, '--num_samples, --seq_len, --num_steps and '),
+                       ({'score_temperature': -1.0}, '--score_temperature must be positive'),
+                       ({'guidance': 2.0}, '--guidance steers towards a --label'),
+                       ({'guidance': -2.0, 'label': 'yes'}, '--guidance=-2: the guidance scale'),
+                       ({'order': 'confidence'}, '--order does not apply to a gaussian run')]:
+    with pytest.raises(DlmError, match=re.escape(message)):
+      config_lib.check_sample_flags(run, {**ok, **bad})
+  config_lib.check_eval_flags({'eval_tokens': 64, 'batch_size': 2, 'bound_samples': 0})
+  with pytest.raises(DlmError, match='--bound_samples must be >= 2'):
+    config_lib.check_eval_flags({'bound_samples': 1})
+  with pytest.raises(DlmError, match='--eval_tokens and --batch_size must be positive'):
+    config_lib.check_eval_flags({'batch_size': -4})
+  config_lib.check_eval_windows(4, 4, 'validation split', 16, 64)
+  with pytest.raises(DlmError, match=re.escape('x.txt gives 3 windows of 16 tokens, fewer than '
+                                               '--batch_size=4: lower --batch_size')):
+    config_lib.check_eval_windows(3, 4, 'x.txt', 16, 48)
+
+
+def test_an_output_that_would_overwrite_the_run_or_cannot_be_written_is_refused(tmp_path):
+  run = tmp_path / 'run'
+  run.mkdir()
+  config_lib.check_output(str(tmp_path / 'new' / 'out.jsonl'), str(run))
+  config_lib.check_output('', str(run))
+  for output, message in [(run / 'config.json', "would overwrite the run's own config.json"),
+                          (tmp_path, 'is a directory'),
+                          (run / 'config.json' / 'x', "would overwrite the run's own")]:
+    with pytest.raises(DlmError, match=re.escape(message)):
+      config_lib.check_output(str(output), str(run))

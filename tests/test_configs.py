@@ -47,3 +47,18 @@ def test_the_gpu_config_accumulates_to_half_a_million_tokens():
   c = _load(ROOT / 'configs' / 'd12.py').get_config()
   assert config_lib.accumulation_steps(c, num_devices=1) * 32 * 1024 == 524288
   assert config_lib.accumulation_steps(c, num_devices=8) == 2
+
+
+def test_configs_import_no_experiment_driver():
+  """A config is data: loading every shipped one pulls in none of the experiment commands
+  (their absl flags and drivers), only the library."""
+  import subprocess
+  import sys
+  code = ('import importlib.util, pathlib, sys\n'
+          'for p in sorted(pathlib.Path("configs").glob("*.py")):\n'
+          '  s = importlib.util.spec_from_file_location(p.stem, p)\n'
+          '  s.loader.exec_module(importlib.util.module_from_spec(s))\n'
+          'print(sorted(m for m in sys.modules if m.startswith("dlm.experiments")))\n')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       check=True).stdout
+  assert out.strip() == '[]', out

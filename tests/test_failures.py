@@ -293,6 +293,31 @@ def test_sampling_skips_damaged_checkpoints_and_names_a_damaged_one_asked_for(
   assert _step_dirs(workdir) == ['12', '4', '8']  # reading renames nothing
 
 
+def test_a_flipped_bit_is_caught_by_the_checksum_before_any_restore(reference, tmp_path, capfd):
+  """One byte of checkpoint 12's largest file changed in place (same size): the manifest's
+  CRC-32 names the file, the run asked for at 12 is refused in one line, the latest usable
+  one (8) is loaded instead, and an untouched checkpoint passes."""
+  workdir = _copy(reference, tmp_path)
+  victim = _largest_file(workdir / 'checkpoints' / '12')
+  name = os.path.relpath(victim, workdir / 'checkpoints' / '12')
+  with open(victim, 'r+b') as f:
+    f.seek(os.path.getsize(victim) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x10]))
+  ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+  assert ckpts.problem(8) is None
+  assert ckpts.problem(12).startswith(f'{name} does not match its checksum (CRC-32 ')
+  ckpts.close()
+  with pytest.raises(DlmError) as e:
+    checkpoint.load_run(str(workdir), checkpoint=12)
+  assert '\n' not in str(e.value) and 'checkpoint 12 in ' in str(e.value)
+  assert f'({name} does not match its checksum' in str(e.value)
+  capfd.readouterr()
+  assert checkpoint.load_run(str(workdir)).step == 8
+  assert 'checkpoint 12' in capfd.readouterr().err
+
+
 def test_no_usable_checkpoint_is_an_error_every_time_and_nothing_is_deleted(reference, tmp_path):
   workdir = _copy(reference, tmp_path)
   metrics = (workdir / 'metrics.jsonl').read_text()

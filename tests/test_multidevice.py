@@ -226,3 +226,49 @@ def test_compiled_steps_data_parallel_reduces_once_and_fsdp_gathers_one_layer_at
   assert not {tuple(op['shape']) for op in moved} & {tuple(s) for s in fsdp['stacked_shapes']}
   assert any(op['kind'] == 'reduce-scatter' and op['looped'] for op in fsdp['ops'])
   assert fsdp['peak'] <= dp['peak'] / 4, (fsdp['peak'], dp['peak'])
+
+
+# Evaluation and sampling of 3 rows: padded to the devices' multiple, the padding dropped.
+_PADDED = '''
+import json, re, sys
+sys.path.insert(0, 'tests')
+import conftest, jax, numpy as np
+from ml_collections import FrozenConfigDict
+from dlm import checkpoint, evaluate, sampling, sharding
+run = checkpoint.load_run(sys.argv[1])
+c = FrozenConfigDict({**run.config.to_dict(), 'eval': {**run.config.eval.to_dict(),
+                                                       'bound_samples': 2}})
+windows = np.random.default_rng(0).integers(1, 300, (3, 16)).astype(np.int32)
+out = evaluate.evaluate(run.params, run.model, c, windows, run.tokenizer.token_bytes(), 3,
+                        proposal=run.proposal, discrete=False)
+out['samples'] = sampling.sample_array(run, 3, seed=1, num_steps=2)[0].tolist()
+if jax.device_count() > 1:  # what each device computes: its row of the padded batch
+  tokens = sharding.global_rows(sharding.pad_rows(windows, sharding.padded(3)))
+  hlo = evaluate._objective.lower(run.params, tokens, jax.random.key(0), run.proposal,
+                                  model=run.model, config=c, n=3).compile().as_text()
+  out['device_tokens'] = re.findall(r's32\\[\\d+,16\\]', hlo[hlo.index('ENTRY'):].split('\\n')[0])
+  out['shard_rows'] = [s.data.shape[0] for s in tokens.addressable_shards]
+json.dump(out, open(sys.argv[2], 'w'))
+'''
+
+
+def test_a_batch_of_three_on_eight_devices_is_padded_and_equals_one_device(
+    tmp_path, trained_workdir):
+  """Evaluating and sampling 3 rows on 8 devices runs one row per device (5 of them padding,
+  never all 3 rows on each device) and gives what 1 device gives: the same val_loss, bound
+  and Monte-Carlo error, the same sampled tokens."""
+  procs = {devices: subprocess.Popen(
+      [sys.executable, '-c', _PADDED, str(trained_workdir), str(tmp_path / f'{devices}.json')],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
+      for devices in (1, 8)}
+  for p in procs.values():
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  one, eight = (json.loads((tmp_path / f'{d}.json').read_text()) for d in (1, 8))
+  assert eight['shard_rows'] == [1] * 8 and eight['device_tokens'] == ['s32[1,16]']
+  assert eight['eval_tokens'] == one['eval_tokens'] == 48
+  for key in ('val_loss', 'bits_per_token', 'bits_per_token_mc_stderr', 'bits_per_byte'):
+    np.testing.assert_allclose(eight[key], one[key], rtol=1e-5, err_msg=key)
+  assert eight['samples'] == one['samples'] and len(one['samples']) == 3

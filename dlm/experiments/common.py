@@ -7,7 +7,6 @@ Overrides are `section.field` keys applied on top of the user's config.
 
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -18,9 +17,9 @@ import numpy as np
 from absl import app, logging
 
 from dlm import checkpoint, data, evaluate, families, train
+from dlm.ar_configs import ar_twin, scorer_config
 from dlm import config as config_lib
 from dlm.errors import DlmError
-from dlm.experiments import twin
 from dlm.families import ar
 
 SWEEP_STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)  # sampling steps, for every sampler
@@ -83,14 +82,14 @@ def parse_families(text: str) -> tuple[str, ...]:
 
 def family_configs(c, names) -> dict:
   """{family: c with model.family set} for each of `names`, and under `ar` the AR twin of c's
-  Gaussian config (`twin.ar_twin`): one yardstick, whichever families are compared."""
+  Gaussian config (`ar_configs.ar_twin`): one yardstick, whichever families are compared."""
   out = {}
   for name in names:
     out[name] = copy.deepcopy(c)
     out[name].model.family = name
   gaussian = copy.deepcopy(c)
   gaussian.model.family = 'gaussian'
-  out[ar.NAME] = twin.ar_twin(gaussian)
+  out[ar.NAME] = ar_twin(gaussian)
   return out
 
 
@@ -107,23 +106,6 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
   train = {k: v for k, v in overrides.items() if not k.startswith('sample.')}
   sample = {k.split('.')[1]: v for k, v in overrides.items() if k.startswith('sample.')}
   return train, sample
-
-
-def scorer_config(c):
-  """The gen-PPL scorer for runs of config c: autoregressive, larger (1.5x the depth and so the width
-  where the width derives from depth, else twice the layers), twice the iterations, the same
-  data and sequence length."""
-  s = copy.deepcopy(c)
-  s.model.family = 'ar'
-  layers = c.model.n_layer or c.model.depth
-  if c.model.n_embd:
-    s.model.n_layer = 2 * layers
-  else:
-    s.model.n_layer = math.ceil(1.5 * layers)
-    s.model.n_embd, s.model.n_head = 64 * math.ceil(1.5 * c.model.depth), 0
-  s.train.num_iterations = 2 * c.train.num_iterations
-  s.train.checkpoint_every = s.train.num_iterations
-  return s
 
 
 def on_data_of(c, source_workdir: str):

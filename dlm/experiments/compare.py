@@ -12,7 +12,7 @@ before scoring). With `--scorer` (a GPT-2-family checkpoint, `dlm.gpt2`) no scor
 trained: the data is prepared alone in workdir/shared_data, every gen-PPL is GPT-2's on the
 retokenised text, and each quality figure carries MAUVE against the held-out windows
 (docs/scoring.md). Then each listed diffusion family (the config with `model.family` set) and the
-AR twin (`twin.ar_twin` of the Gaussian config, matched non-embedding parameters) train on the
+AR twin (`ar_configs.ar_twin` of the Gaussian config, matched non-embedding parameters) train on the
 same data, optimiser and budget, each in workdir/<family> (the twin in workdir/ar); a finished
 run is reused, an interrupted one resumed.
 
@@ -43,6 +43,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, families, metrics, quality, sampling, sharding
+from dlm.errors import DlmError
 from dlm.experiments import common, report
 from dlm.families import ar
 from dlm.model import count_params
@@ -146,6 +147,10 @@ def compare(c, workdir: str, preset: str = 'cpu', scorer_workdir: str = '',
   GPT-2-family checkpoint to score with instead of the self-trained AR scorer."""
   p = common.preset(preset)
   base = common.diffusion_config(c, preset)
+  if base.eval.batch_size % jax.device_count():  # before hours of training, not after
+    raise DlmError(f'eval.batch_size={base.eval.batch_size}: the context probe averages each '
+                   f'batch on the devices, so it must be a multiple of the {jax.device_count()} '
+                   'devices (evaluation and sampling pad theirs)')
   configs = common.family_configs(base, names)
   os.makedirs(workdir, exist_ok=True)
   scorer_workdir = common.ensure_scorer(base, workdir, scorer_workdir, log, scorer)

@@ -41,7 +41,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from dlm import checkpoint, data, families, quality, sampling
+from dlm import checkpoint, data, families, quality, sampling, sharding
 from dlm.errors import DlmError
 from dlm.families import ar
 from dlm.experiments import common, report
@@ -115,7 +115,7 @@ def diffusion_fill(run, windows: np.ndarray, known: np.ndarray, key, temperature
                    batch: int) -> tuple[np.ndarray, dict]:
   """(the windows with their unknown positions drawn by the diffusion run, its settings)."""
   N, L = windows.shape
-  B = min(batch, N)
+  B = sharding.padded(min(batch, N))  # rows that split over the devices (`_batches` pads)
   # The run's own sample settings (sampler, steps, self-conditioning), as `sample_array` takes
   # them, with the known tokens set below.
   family = families.of(run.model_config)

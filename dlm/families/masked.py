@@ -235,9 +235,11 @@ def bound_terms(denoise, tokens_BL, key, num_samples: int, num_steps: int = 0) -
   masking_B2 = (w_BS * total_SB.T).reshape(B, 2, S // 2).mean(-1)
   residual_B2 = jnp.zeros_like(masking_B2)
   if not num_steps:  # one draw per replica: what is still masked at T_MIN, revealed there
-    two_BL = jnp.concatenate([tokens_BL, tokens_BL])
+    # Each sequence's two copies side by side, so a row's draws do not depend on how many
+    # rows the batch has (a padded batch bounds its real rows as an unpadded one does).
+    two_BL = jnp.repeat(tokens_BL, 2, axis=0)
     total, _ = masked_ce(denoise, two_BL, jax.random.uniform(k_res, two_BL.shape) < T_MIN)
-    residual_B2 = total.reshape(2, B).T
+    residual_B2 = total.reshape(B, 2)
   replicas = masking_B2 + residual_B2
   return {'nats': replicas.mean(-1), 'replicas': replicas,
           'parts': {'masking': masking_B2.mean(-1), 'residual': residual_B2.mean(-1)},

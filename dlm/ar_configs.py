@@ -1,5 +1,8 @@
-"""The autoregressive twin of a diffusion config: same data, tokenizer, optimiser, logging and
-token budget, and as nearly as the dials allow the same number of non-embedding parameters.
+"""The autoregressive configs derived from a diffusion config, which `configs/*.py` and the
+experiment commands both build: its twin and its gen-PPL scorer.
+
+The twin (`ar_twin`): same data, tokenizer, optimiser, logging and token budget, and as nearly
+as the dials allow the same number of non-embedding parameters.
 
 The diffusion model carries per-layer time modulation (4 D^2 per layer), the input projection
 and the time MLP, which the AR model has no use for; at equal depth and width it would be about
@@ -8,6 +11,7 @@ non-embedding counts match (Kaplan et al. 2020: at fixed parameters, shape matte
 """
 
 import copy
+import math
 
 import jax
 
@@ -52,3 +56,20 @@ def ar_twin(c):
   ar.model.family = 'ar'
   ar.model.n_layer, ar.model.n_embd, ar.model.n_head = n_layer, n_embd, n_head
   return ar
+
+
+def scorer_config(c):
+  """The gen-PPL scorer for runs of config c: autoregressive, larger (1.5x the depth and so the width
+  where the width derives from depth, else twice the layers), twice the iterations, the same
+  data and sequence length."""
+  s = copy.deepcopy(c)
+  s.model.family = 'ar'
+  layers = c.model.n_layer or c.model.depth
+  if c.model.n_embd:
+    s.model.n_layer = 2 * layers
+  else:
+    s.model.n_layer = math.ceil(1.5 * layers)
+    s.model.n_embd, s.model.n_head = 64 * math.ceil(1.5 * c.model.depth), 0
+  s.train.num_iterations = 2 * c.train.num_iterations
+  s.train.checkpoint_every = s.train.num_iterations
+  return s
