@@ -345,8 +345,9 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
 
   if start == 0:  # the sanity check: an untrained model sits at log2(V)
     init = validate(state, 0)
-    log(f'init: {_val_line(init, family.EXACT)} (log2 V = {np.log2(mcfg.vocab_size):.3f} '
-        'bits/token)')
+    log(f'init: {_val_line(init, family.EXACT)}'
+        + (f' (log2 V = {np.log2(mcfg.vocab_size):.3f} bits/token)' if 'bits_per_token' in init
+           else ''))
 
   # ---- the loop: dispatch step N, then read back step N-1's metrics -------------------
   T = c.train.num_iterations
