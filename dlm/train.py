@@ -385,6 +385,9 @@ def _val_line(r: dict, exact: bool) -> str:
   """The validation figure of an evaluation: bits/byte (exact, or an upper bound with its
   Monte-Carlo error), bits/token, then the held-out training objective."""
   rel = '=' if exact else '<='
+  if 'bits_per_byte' not in r:  # a family without a likelihood (latent): its reason, briefly
+    why = r.get('likelihood', 'none').split(',')[0]
+    return f'val_loss {r["val_loss"]:.4f} | no bits/byte ({why})'
   mc = r.get('bits_per_byte_mc_stderr')
   return (f'val bits/byte {rel} {r["bits_per_byte"]:.4f}'
           + (f' (Monte-Carlo error ±{mc:.4f})' if mc is not None else '')

@@ -43,6 +43,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, families, metrics, quality, sampling, sharding
+from dlm.errors import DlmError
 from dlm.experiments import common, report
 from dlm.families import ar
 from dlm.model import count_params
@@ -100,15 +101,39 @@ def context_gain(run, windows: np.ndarray, batch: int, levels=CONTEXT_LEVELS,
           'gain_stderr': se}
 
 
+def temperature_knob(run) -> str:
+  """The sampling option the temperature sweep turns: `temperature` (the token softmax's), or,
+  for a family without one, `score_temperature` (Plaid's, Gulrajani & Hashimoto 2023; the
+  latent family: nothing is a softmax until its decoder's single pass, and scaling the score
+  of the latents is what trades diversity for fidelity there)."""
+  takes = families.of(run.model_config).SAMPLE_OPTIONS
+  knob = next((k for k in ('temperature', 'score_temperature') if k in takes), None)
+  if knob is None:
+    raise DlmError(f'the {run.model_config.family} family takes neither temperature nor '
+                   'score_temperature: nothing to sweep for a matched-entropy reading')
+  return knob
+
+
+def temperature_sweep(run, n: int, temperatures, scorer, reference) -> list[dict]:
+  """Sample quality at each temperature of the family's knob (`temperature_knob`), each
+  recorded under `temperature` (the value, what `matched_entropy` reads) and `knob`."""
+  knob = temperature_knob(run)
+  return [{**quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
+                                    **{knob: t}), 'temperature': t, 'knob': knob}
+          for t in temperatures]
+
+
 def steps_sweep(run, n: int, steps, scorer, reference: np.ndarray) -> list[dict]:
-  """Sample quality at temperature 1 over step counts, for each of the family's samplers (its
-  default where it has no choice); [] for a family without `num_steps` (the AR twin)."""
+  """Sample quality at temperature 1 (of its knob) over step counts, for each of the family's
+  samplers (its default where it has no choice); [] for a family without `num_steps` (the AR
+  twin)."""
   family = families.of(run.model_config)
   if 'num_steps' not in family.SAMPLE_OPTIONS:
     return []
+  knob = temperature_knob(run)
   samplers = [{'sampler': s} for s in getattr(family, 'SAMPLERS', ())] or [{}]
-  return [quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
-                                 temperature=1.0, num_steps=s, **sampler)
+  return [{**quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
+                                    num_steps=s, **sampler, **{knob: 1.0}), 'temperature': 1.0}
           for sampler in samplers for s in steps]
 
 
@@ -123,8 +148,7 @@ def measure(name: str, trained: dict, scorer, windows: np.ndarray, batch: int, h
   quality.check_scorer(run, scorer, run.model_config.sequence_len)
   n = p['num_samples']
   curve = common.evaluate_checkpoints(wd, windows, batch, trained['tokens_per_step'])
-  sweep = [quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
-                                  temperature=t) for t in p['temperatures']]
+  sweep = temperature_sweep(run, n, p['temperatures'], scorer, reference)
   example = run.tokenizer.decode_documents(sampling.sample_array(run, 1, seed=2)[0][0])
   return {
       **trained, 'family': name, 'summary': family.SUMMARY, 'exact': family.EXACT,
