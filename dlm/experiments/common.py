@@ -87,6 +87,14 @@ def at_budget(c):
   return families.of(c.model).at_budget(c)
 
 
+def whole_budget(c):
+  """c with train.num_iterations its run's whole budget, the steps of all its stages
+  (`stage_steps`): the inverse of `at_budget`, for configs read back from a trained run."""
+  c = copy.deepcopy(c)
+  c.train.num_iterations = sum(families.of(c.model).stage_steps(c).values())
+  return c
+
+
 def family_configs(c, names) -> dict:
   """{family: c with model.family set, at c's budget} for each of `names`, and under `ar` the AR
   twin of c's Gaussian config (`twin.ar_twin`): one yardstick, whichever families are
@@ -107,6 +115,19 @@ def sample_options(run, settings: dict) -> dict:
   overrides apply to the families they mean something to, and `sampling` refuses the rest."""
   takes = families.of(run.model_config).SAMPLE_OPTIONS
   return {k: v for k, v in settings.items() if k in takes}
+
+
+def temperature_knob(run) -> str:
+  """The sampling option the temperature sweep turns: `temperature` (the token softmax's), or,
+  for a family without one, `score_temperature` (Plaid's, Gulrajani & Hashimoto 2023; the
+  latent family: nothing is a softmax until its decoder's single pass, and scaling the score
+  of the latents is what trades diversity for fidelity there)."""
+  takes = families.of(run.model_config).SAMPLE_OPTIONS
+  knob = next((k for k in ('temperature', 'score_temperature') if k in takes), None)
+  if knob is None:
+    raise DlmError(f'the {run.model_config.family} family takes neither temperature nor '
+                   'score_temperature: nothing to sweep for a matched-entropy reading')
+  return knob
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:

@@ -43,7 +43,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, families, metrics, quality, sampling, sharding
-from dlm.errors import DlmError
 from dlm.experiments import common, report
 from dlm.families import ar
 from dlm.model import count_params
@@ -101,23 +100,10 @@ def context_gain(run, windows: np.ndarray, batch: int, levels=CONTEXT_LEVELS,
           'gain_stderr': se}
 
 
-def temperature_knob(run) -> str:
-  """The sampling option the temperature sweep turns: `temperature` (the token softmax's), or,
-  for a family without one, `score_temperature` (Plaid's, Gulrajani & Hashimoto 2023; the
-  latent family: nothing is a softmax until its decoder's single pass, and scaling the score
-  of the latents is what trades diversity for fidelity there)."""
-  takes = families.of(run.model_config).SAMPLE_OPTIONS
-  knob = next((k for k in ('temperature', 'score_temperature') if k in takes), None)
-  if knob is None:
-    raise DlmError(f'the {run.model_config.family} family takes neither temperature nor '
-                   'score_temperature: nothing to sweep for a matched-entropy reading')
-  return knob
-
-
 def temperature_sweep(run, n: int, temperatures, scorer, reference) -> list[dict]:
-  """Sample quality at each temperature of the family's knob (`temperature_knob`), each
+  """Sample quality at each temperature of the family's knob (`common.temperature_knob`), each
   recorded under `temperature` (the value, what `matched_entropy` reads) and `knob`."""
-  knob = temperature_knob(run)
+  knob = common.temperature_knob(run)
   return [{**quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
                                     **{knob: t}), 'temperature': t, 'knob': knob}
           for t in temperatures]
@@ -130,7 +116,7 @@ def steps_sweep(run, n: int, steps, scorer, reference: np.ndarray) -> list[dict]
   family = families.of(run.model_config)
   if 'num_steps' not in family.SAMPLE_OPTIONS:
     return []
-  knob = temperature_knob(run)
+  knob = common.temperature_knob(run)
   samplers = [{'sampler': s} for s in getattr(family, 'SAMPLERS', ())] or [{}]
   return [{**quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
                                     num_steps=s, **sampler, **{knob: 1.0}), 'temperature': 1.0}
