@@ -19,14 +19,14 @@ noise levels.
 
 Every variant trains at the preset's step budget counted over all its stages (`at_budget`: a
 latent run splits it between its autoencoder and its diffusion model). `--variants=a,b` runs
-only the named variants. Variants that differ only in `sample.*` settings share one trained
-model: each distinct set of training overrides trains once (its workdir is named after them, `base` for none) and is
-evaluated once; each variant then samples with its own settings, those of them its family takes
-(a `sample.sampler` means nothing to a family without samplers). Like `compare`, the scorer is
-trained first unless given, and every run reads its prepared tokens (and so its tokenizer) in
-place; with `--scorer` (a GPT-2-family checkpoint) none is trained, GPT-2 scores the
-retokenised samples and each variant's quality carries MAUVE against held-out windows of the
-samples' shape (docs/scoring.md).
+only the named variants. Variants that differ only in `sample.*` settings share one trained model:
+each distinct set of training overrides trains once (its workdir is named after them, `base` for
+none) and is evaluated once; each variant then samples with its own settings, those of them its
+family takes (a `sample.sampler` means nothing to a family without samplers). Like `compare`, the
+scorer is trained first unless given, and every run reads its prepared tokens (and so its tokenizer)
+in place; with `--scorer` (a GPT-2-family checkpoint) none is trained, GPT-2 scores the retokenised
+samples and each variant's quality carries MAUVE against held-out windows of the samples' shape
+(docs/scoring.md).
 """
 
 import functools

@@ -13,15 +13,19 @@ trained: the data is prepared alone in workdir/shared_data, every gen-PPL is GPT
 retokenised text, and each quality figure carries MAUVE against the held-out windows
 (docs/scoring.md). Then each listed diffusion family (the config with `model.family` set) and the
 AR twin (`twin.ar_twin` of the Gaussian config, matched non-embedding parameters) train on the
-same data, optimiser and budget, each in workdir/<family> (the twin in workdir/ar); a finished
+same data, optimiser and budget (counted over all of a run's stages, `at_budget`: the latent
+family splits it between its autoencoder and its diffusion model), each in workdir/<family>
+(the twin in workdir/ar); a finished
 run is reused, an interrupted one resumed.
 
 For every family, on the same held-out windows: bits/byte at every kept checkpoint (exact for
-the twin, an upper bound with its errors for the others) and the discrete T-step bound; the
+the twin, an upper bound with its errors for the others; none for a family without a
+likelihood, which reports its reconstruction accuracy instead) and the discrete T-step bound; the
 held-out cross-entropy against the family's corruption level (`heldout_ce_vs_level`); the
 context gain (`context_probe`: cross-entropy of probe tokens with the rest of the window
 corrupted at the same level minus with it clean, at CONTEXT_LEVELS); samples over a temperature
-sweep, with gen-PPL read both at temperature 1 and at the unigram entropy of held-out text
+sweep (of the score temperature for a family without a softmax temperature), with gen-PPL read
+both at temperature 1 and at the unigram entropy of held-out text
 (`matched_entropy`: low-entropy text scores a low gen-PPL, so families are only compared at
 equal entropy); for the families that take `num_steps`, a sweep of sampling steps at
 temperature 1 for each of their samplers; sampling speed at batch 1 and a full batch; one

@@ -291,7 +291,8 @@ def _plot_frontier(workdir: str, r: dict) -> str:
     ax.plot([q['unigram_entropy'] for q in s], [q['gen_ppl'] for q in s], 'o-', color=color,
             label=k)
     for q in s:
-      ax.annotate(f'T={q["temperature"]}', (q['unigram_entropy'], q['gen_ppl']), fontsize=6)
+      ax.annotate(f'{_knob(q)}={q["temperature"]}', (q['unigram_entropy'], q['gen_ppl']),
+                  fontsize=6)
     ax.plot([m['unigram_entropy']], [m['gen_ppl']], 'D', ms=8, color=color,
             mfc=color if m['bracketed'] else 'none',
             label=f'{k} at held-out entropy' + ('' if m['bracketed'] else ' (not bracketed)'))
