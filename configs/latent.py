@@ -7,8 +7,9 @@ trained first, then Gaussian diffusion runs on its 16 latents per 64-token windo
 
 Token budget: the autoencoder stage takes latent.iterations steps and the diffusion stage
 train.num_iterations, both of train.device_batch_size x model.sequence_len tokens, so the run
-reads (latent.iterations + train.num_iterations) x 32 x 64 tokens in all; against another
-family's N steps at equal total tokens, give this one latent.iterations + num_iterations = N.
+reads (latent.iterations + train.num_iterations) x 32 x 64 tokens in all. The experiments
+(compare, infill, ablate) put it at another family's budget of N steps themselves: N x
+latent.fraction autoencoder steps, the rest diffusion (`at_budget`, docs/latent.md).
 """
 
 from configs.quickstart import get_config as quickstart

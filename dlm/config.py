@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
                                   # chunk and dim)
       iterations=1000,            # optimiser steps of the autoencoder stage, batches of the
                                   # same size as the diffusion stage's: its share of the budget
+      fraction=0.5,               # the experiments' split of one step budget: the autoencoder
+                                  # takes this share, diffusion the rest (`latent.at_budget`;
+                                  # configs/latent.py's 400 + 400)
       layers=0,                   # layers of the encoder and of the decoder; 0: model's n_layer
       noise=0.25,                 # largest std of the Gaussian noise on latents while training
                                   # (the sampler ends near 0.3 in standardised units)
@@ -334,6 +337,7 @@ RULES = {
     'latent.dim': _integer(2),
     'latent.autoencoder': _string,
     'latent.iterations': _integer(1),
+    'latent.fraction': _number(0, 1, low_open=True, high_open=True),
     'latent.layers': _integer(0),      # 0: model's n_layer
     'latent.noise': _number(0),
     'latent.dropout': _number(0, 1, high_open=True),

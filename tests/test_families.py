@@ -12,8 +12,9 @@ from dlm import checkpoint, families, sampling, train
 from dlm.errors import DlmError
 
 INTERFACE = ('NAME', 'SUMMARY', 'EXACT', 'INFILL', 'SAMPLE_OPTIONS', 'model_fields',
-             'prepare', 'flops_multiplier', 'init_noise', 'update_noise', 'draw', 'scored_positions', 'loss',
-             'param_metrics', 'bound', 'context_probe', 'sample_tokens')
+             'prepare', 'at_budget', 'stage_steps', 'flops_multiplier', 'init_noise',
+             'update_noise', 'draw', 'scored_positions', 'loss', 'param_metrics',
+             'bound', 'context_probe', 'sample_tokens')
 DIFFUSION_ONLY = ('LEVEL', 'describe_bound', 'level_edges')
 
 

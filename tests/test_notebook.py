@@ -31,10 +31,15 @@ def test_sampling_notebook_runs_on_a_tiny_labelled_run(tmp_path, monkeypatch):
   c = tiny_config(**{'data.label': 'keyword:the', 'diffusion.condition_fraction': 0.25,
                      'train.num_iterations': 6})
   train.train(c, str(workdir), log=lambda *a, **k: None)
+  latent_workdir = tmp_path / 'latent'  # the latent section's run: two steps per stage
+  train.train(tiny_config(**{'model.family': 'latent', 'latent.iterations': 2,
+                             'train.num_iterations': 2, 'latent.stat_batches': 1}),
+              str(latent_workdir), log=lambda *a, **k: None)
 
   # The kernel is a subprocess: it inherits these. It shares the tests' compilation cache, and
   # a user-level 'python3' kernelspec (~/.local/share/jupyter) cannot shadow this venv's.
   monkeypatch.setenv('DLM_WORKDIR', str(workdir))
+  monkeypatch.setenv('DLM_LATENT_WORKDIR', str(latent_workdir))
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
@@ -87,3 +92,12 @@ def test_sampling_notebook_runs_on_a_tiny_labelled_run(tmp_path, monkeypatch):
     assert len(re.findall(r'^step +\d+/10: ', _text(cell), re.M)) == 6
     assert re.search(r'^sample   : ', _text(cell), re.M)
   assert "'<|bos|>Once" in _text(trajectory[1])
+
+  # The latent run's sample, decoded at six of its ten steps, then the sample itself: each
+  # step's text and its share of the final tokens.
+  latent_cell = _text(next(cell for cell in code if 'DLM_LATENT_WORKDIR' in cell.source))
+  assert f'{latent_workdir}: latent run at step 2, 4 tokens per latent of 32 numbers' in latent_cell
+  steps = re.findall(r"^step +(\d+)/10 \( *(\d+)% final\): '(.*)'$", latent_cell, re.M)
+  assert [int(s) for s, _, _ in steps] == [1, 3, 5, 6, 8, 10]
+  sample = re.search(r"^sample +: '(.*)'$", latent_cell, re.M).group(1)
+  assert sample and all(0 <= int(share) <= 100 and text for _, share, text in steps)

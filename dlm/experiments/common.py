@@ -29,7 +29,7 @@ PRESETS = {
     'tiny': dict(config={'train.num_iterations': 6, 'train.checkpoint_every': 3,
                          'train.keep_checkpoints': 5, 'train.eval_every': 0,
                          'eval.eval_tokens': 128, 'eval.batch_size': 4, 'eval.bound_samples': 2,
-                         'sample.num_steps': 4},
+                         'sample.num_steps': 4, 'latent.stat_batches': 2},
                  num_samples=4, temperatures=(0.8, 1.0), num_steps=(2, 4)),
     'cpu': dict(config={'model.depth': 2, 'model.sequence_len': 64, 'model.diffusion_dim': 32,
                         'train.num_iterations': 500, 'train.device_batch_size': 16,
@@ -80,16 +80,32 @@ def parse_families(text: str) -> tuple[str, ...]:
   return names
 
 
+def at_budget(c):
+  """c spending its train.num_iterations batches in all, however many stages its family trains
+  (`at_budget` of the family): every run of an experiment reads the same number of tokens."""
+  return families.of(c.model).at_budget(c)
+
+
+def whole_budget(c):
+  """c with train.num_iterations its run's whole budget, the steps of all its stages
+  (`stage_steps`): the inverse of `at_budget`, for configs read back from a trained run."""
+  c = copy.deepcopy(c)
+  c.train.num_iterations = sum(families.of(c.model).stage_steps(c).values())
+  return c
+
+
 def family_configs(c, names) -> dict:
-  """{family: c with model.family set} for each of `names`, and under `ar` the AR twin of c's
-  Gaussian config (`ar_configs.ar_twin`): one yardstick, whichever families are compared."""
+  """{family: c with model.family set, at c's budget} for each of `names`, and under `ar` the AR
+  twin of c's Gaussian config (`ar_configs.ar_twin`): one yardstick, whichever families are
+  compared. Every run reads train.num_iterations batches of tokens in all (`at_budget`)."""
   out = {}
   for name in names:
-    out[name] = copy.deepcopy(c)
-    out[name].model.family = name
+    fc = copy.deepcopy(c)
+    fc.model.family = name
+    out[name] = at_budget(fc)
   gaussian = copy.deepcopy(c)
   gaussian.model.family = 'gaussian'
-  out[ar.NAME] = ar_twin(gaussian)
+  out[ar.NAME] = at_budget(ar_twin(gaussian))
   return out
 
 
@@ -98,6 +114,19 @@ def sample_options(run, settings: dict) -> dict:
   overrides apply to the families they mean something to, and `sampling` refuses the rest."""
   takes = families.of(run.model_config).SAMPLE_OPTIONS
   return {k: v for k, v in settings.items() if k in takes}
+
+
+def temperature_knob(run) -> str:
+  """The sampling option the temperature sweep turns: `temperature` (the token softmax's), or,
+  for a family without one, `score_temperature` (Plaid's, Gulrajani & Hashimoto 2023; the
+  latent family: nothing is a softmax until its decoder's single pass, and scaling the score
+  of the latents is what trades diversity for fidelity there)."""
+  takes = families.of(run.model_config).SAMPLE_OPTIONS
+  knob = next((k for k in ('temperature', 'score_temperature') if k in takes), None)
+  if knob is None:
+    raise DlmError(f'the {run.model_config.family} family takes neither temperature nor '
+                   'score_temperature: nothing to sweep for a matched-entropy reading')
+  return knob
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict]:
@@ -143,16 +172,19 @@ def load_scorer(scorer: str, scorer_workdir: str):
 
 
 def train_run(c, workdir: str, log) -> dict:
-  """Train (or resume) and return the wall time and the median logged tokens/s."""
+  """Train (or resume) and return the wall time, the median logged tokens/s and the training
+  tokens of each stage the family trains (`stage_steps`; all stages take batches of one size)."""
   start = time.perf_counter()
   train.train(c, workdir, log=log)
   wall = time.perf_counter() - start
   curve = loss_curve(workdir)
   tps = [r['tokens_per_sec'] for r in curve if 'tokens_per_sec' in r]
+  per_step = c.train.device_batch_size * c.model.sequence_len * config_accumulation(c)
+  stages = {k: n * per_step for k, n in families.of(c.model).stage_steps(c).items()}
   return {'workdir': workdir, 'train_wall_s': wall,
           'tokens_per_sec': float(np.median(tps)) if tps else float('nan'),
-          'tokens_per_step': c.train.device_batch_size * c.model.sequence_len
-                             * config_accumulation(c)}
+          'tokens_per_step': per_step, 'stage_tokens': stages,
+          'train_tokens': sum(stages.values())}
 
 
 def config_accumulation(c) -> int:

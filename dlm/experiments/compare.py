@@ -13,15 +13,19 @@ trained: the data is prepared alone in workdir/shared_data, every gen-PPL is GPT
 retokenised text, and each quality figure carries MAUVE against the held-out windows
 (docs/scoring.md). Then each listed diffusion family (the config with `model.family` set) and the
 AR twin (`ar_configs.ar_twin` of the Gaussian config, matched non-embedding parameters) train on the
-same data, optimiser and budget, each in workdir/<family> (the twin in workdir/ar); a finished
+same data, optimiser and budget (counted over all of a run's stages, `at_budget`: the latent
+family splits it between its autoencoder and its diffusion model), each in workdir/<family>
+(the twin in workdir/ar); a finished
 run is reused, an interrupted one resumed.
 
 For every family, on the same held-out windows: bits/byte at every kept checkpoint (exact for
-the twin, an upper bound with its errors for the others) and the discrete T-step bound; the
+the twin, an upper bound with its errors for the others; none for a family without a
+likelihood, which reports its reconstruction accuracy instead) and the discrete T-step bound; the
 held-out cross-entropy against the family's corruption level (`heldout_ce_vs_level`); the
 context gain (`context_probe`: cross-entropy of probe tokens with the rest of the window
 corrupted at the same level minus with it clean, at CONTEXT_LEVELS); samples over a temperature
-sweep, with gen-PPL read both at temperature 1 and at the unigram entropy of held-out text
+sweep (of the score temperature for a family without a softmax temperature), with gen-PPL read
+both at temperature 1 and at the unigram entropy of held-out text
 (`matched_entropy`: low-entropy text scores a low gen-PPL, so families are only compared at
 equal entropy); for the families that take `num_steps`, a sweep of sampling steps at
 temperature 1 for each of their samplers; sampling speed at batch 1 and a full batch; one
@@ -101,15 +105,26 @@ def context_gain(run, windows: np.ndarray, batch: int, levels=CONTEXT_LEVELS,
           'gain_stderr': se}
 
 
+def temperature_sweep(run, n: int, temperatures, scorer, reference) -> list[dict]:
+  """Sample quality at each temperature of the family's knob (`common.temperature_knob`), each
+  recorded under `temperature` (the value, what `matched_entropy` reads) and `knob`."""
+  knob = common.temperature_knob(run)
+  return [{**quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
+                                    **{knob: t}), 'temperature': t, 'knob': knob}
+          for t in temperatures]
+
+
 def steps_sweep(run, n: int, steps, scorer, reference: np.ndarray) -> list[dict]:
-  """Sample quality at temperature 1 over step counts, for each of the family's samplers (its
-  default where it has no choice); [] for a family without `num_steps` (the AR twin)."""
+  """Sample quality at temperature 1 (of its knob) over step counts, for each of the family's
+  samplers (its default where it has no choice); [] for a family without `num_steps` (the AR
+  twin)."""
   family = families.of(run.model_config)
   if 'num_steps' not in family.SAMPLE_OPTIONS:
     return []
+  knob = common.temperature_knob(run)
   samplers = [{'sampler': s} for s in getattr(family, 'SAMPLERS', ())] or [{}]
-  return [quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
-                                 temperature=1.0, num_steps=s, **sampler)
+  return [{**quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
+                                    num_steps=s, **sampler, **{knob: 1.0}), 'temperature': 1.0}
           for sampler in samplers for s in steps]
 
 
@@ -124,8 +139,7 @@ def measure(name: str, trained: dict, scorer, windows: np.ndarray, batch: int, h
   quality.check_scorer(run, scorer, run.model_config.sequence_len)
   n = p['num_samples']
   curve = common.evaluate_checkpoints(wd, windows, batch, trained['tokens_per_step'])
-  sweep = [quality.sample_quality(run, n, seed=1, scorer=scorer, reference=reference,
-                                  temperature=t) for t in p['temperatures']]
+  sweep = temperature_sweep(run, n, p['temperatures'], scorer, reference)
   example = run.tokenizer.decode_documents(sampling.sample_array(run, 1, seed=2)[0][0])
   return {
       **trained, 'family': name, 'summary': family.SUMMARY, 'exact': family.EXACT,

@@ -119,7 +119,8 @@ def diffusion_fill(run, windows: np.ndarray, known: np.ndarray, key, temperature
   # The run's own sample settings (sampler, steps, self-conditioning), as `sample_array` takes
   # them, with the known tokens set below.
   family = families.of(run.model_config)
-  kwargs, settings = sampling.prepare(run, B, L, temperature=temperature)
+  # a family without a softmax temperature (latent) takes it as its score temperature
+  kwargs, settings = sampling.prepare(run, B, L, **{common.temperature_knob(run): temperature})
   settings.update(known_by='trained' if run.model_config.conditioning else 'replace')
   out = np.zeros_like(windows)
   both = np.concatenate([windows, known.astype(np.int32)], 1)
@@ -213,7 +214,7 @@ def _runs(c, workdir: str, preset: str, scorer_workdir: str, names: tuple, given
     return workdirs, scorer_workdir
   source = next((workdirs[name] for name in names if workdirs[name]), '')
   if source:  # the other families, twin and scorer of the given run, on its data
-    base = common.on_data_of(checkpoint.load_run(source).config, source)
+    base = common.on_data_of(common.whole_budget(checkpoint.load_run(source).config), source)
   else:
     if c is None:
       raise DlmError('--config is required to train the runs not given (e.g. '
@@ -438,7 +439,8 @@ family ({runs}) fills the gap seeing both sides; the AR twin (`{r['workdirs'][tw
 {r['steps'][twin]}) sees only the left side, continues for n tokens, and the original right
 side is put back verbatim. Each restored window, and the original, is scored by the independent
 AR scorer (`{r['workdirs']['scorer']}`). One fill per window and model, the same windows,
-temperature {r['temperature']:g} for all (the AR without top-p truncation), seed {r['seed']}.
+temperature {r['temperature']:g} for all (the AR without top-p truncation; a family without a
+softmax temperature takes it as its score temperature), seed {r['seed']}.
 {skipped}
 
 How each family filled:

@@ -67,7 +67,8 @@ def _scorer_sentence(s: dict) -> str:
 def _settings(q: dict) -> str:
   """How samples were drawn: the sampling options a quality dict records (its family's own),
   and the noise allocation where the run has one."""
-  out = ', '.join(f'{k} `{q[k]}`' for k in sampling.OPTIONS if k in q and k != 'temperature')
+  swept = ('temperature', q.get('knob'))  # the sweep's own knob is in each row's label
+  out = ', '.join(f'{k} `{q[k]}`' for k in sampling.OPTIONS if k in q and k not in swept)
   return out + (f', allocation `{q["allocation"]}`' if 'allocation' in q else '')
 
 
@@ -78,6 +79,49 @@ def _bound(f: dict, prefix: str = '', per_byte: bool = False) -> str:
   se = f[f'{prefix}bits_per_token_stderr'] * scale
   mc = f.get(f'{prefix}bits_per_token_mc_stderr')
   return f'{x:.3f} ± {se:.3f}' + ('' if mc is None else f' (MC ±{mc * scale:.3f})')
+
+
+def has_bound(f: dict) -> bool:
+  """Whether an evaluate() dict holds a likelihood figure (a family without one, the latent
+  family, gives `likelihood` saying why instead)."""
+  return 'bits_per_byte' in f
+
+
+def no_bound(f: dict) -> str:
+  """'no bound (why)' for an evaluate() dict without a likelihood: the first clause of its
+  `likelihood` text ('none: the autoencoder is deterministic, so ...')."""
+  why = f.get('likelihood', '').removeprefix('none: ').split(',')[0].split(';')[0].strip()
+  return f'no bound ({why})' if why else 'no bound'
+
+
+def _bound_or_dash(f: dict, prefix: str = '', per_byte: bool = False, sign: str = '≤ ') -> str:
+  return sign + _bound(f, prefix, per_byte) if f'{prefix}bits_per_byte' in f else '—'
+
+
+def _percent(x) -> str:
+  return '—' if x is None else f'{100 * x:.2f} %'
+
+
+def _reconstruction(f: dict) -> list[str]:
+  """Clean and noisy token accuracy and the noise std of an evaluate() dict's
+  `reconstruction_accuracy` (a family with an autoencoder), '—' without one."""
+  r = f.get('reconstruction_accuracy') or {}
+  return [_percent(r.get('clean')), _percent(r.get('noisy')), _f(r.get('sigma'))]
+
+
+def _knob(q: dict) -> str:
+  """How a sweep point's temperature is labelled: T for the softmax temperature, 'score T' for
+  a family swept over its score temperature (`compare.temperature_knob`)."""
+  return 'score T' if q.get('knob') == 'score_temperature' else 'T'
+
+
+def _stage_tokens(v: dict) -> str:
+  """Training tokens of a run, per stage where it trains several ('autoencoder 1,024 +
+  diffusion 1,024')."""
+  stages = v.get('stage_tokens') or {}
+  if len(stages) > 1:
+    return ' + '.join(f'{k} {n:,}' for k, n in stages.items())
+  return f'{v["train_tokens"]:,}' if 'train_tokens' in v else '–'
 
 
 def _error_bits_per_byte(f: dict) -> float:
@@ -197,11 +241,12 @@ def _middle(levels: list) -> int:
   return len(levels) // 2
 
 
-def _matched(m: dict) -> str:
-  """gen-PPL at held-out text's entropy, its temperature, and the flag of an unbracketed one."""
+def _matched(m: dict, t: str = 'T') -> str:
+  """gen-PPL at held-out text's entropy, its temperature (`t`: how the family's knob is
+  labelled), and the flag of an unbracketed one."""
   if m['bracketed']:
-    return f'{m["gen_ppl"]:.2f} (T*={m["temperature"]:.2f})'
-  return (f'{m["gen_ppl"]:.2f} (T={m["temperature"]:g}) ⚠ held-out entropy {m["side"]} the '
+    return f'{m["gen_ppl"]:.2f} ({t}*={m["temperature"]:.2f})'
+  return (f'{m["gen_ppl"]:.2f} ({t}={m["temperature"]:g}) ⚠ held-out entropy {m["side"]} the '
           'sweep')
 
 
@@ -220,13 +265,17 @@ def _family_rows(r: dict, flags: dict) -> list[list]:
   rows = []
   for k, v in fam.items():
     f, q, s = v['final'], _reference_quality(v), v['speed']
-    ratio = significance.bpb_ratio(f, a['final'])
+    if has_bound(f):
+      ratio = significance.bpb_ratio(f, a['final'])
+      bound = [('= ' if v['exact'] else '≤ ') + _bound(f, per_byte=True),
+               f'{ratio:.3f}×' + (' ⚠' if flags.get(k, {}).get('') else ''),
+               '–' if v['exact'] else
+               f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})']
+    else:
+      bound = [no_bound(f), '—', '—']
     rows.append([
-        k, ('= ' if v['exact'] else '≤ ') + _bound(f, per_byte=True),
-        f'{ratio:.3f}×' + (' ⚠' if flags.get(k, {}).get('') else ''),
-        '–' if v['exact'] else
-        f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})',
-        f'{q["gen_ppl"]:.2f}', _matched(v['matched_entropy']), f'{q["unigram_entropy"]:.3f}',
+        k, *bound, f'{q["gen_ppl"]:.2f}', _matched(v['matched_entropy'], _knob(q)),
+        f'{q["unigram_entropy"]:.3f}',
         _gain(v['context'], mid), f'{s["samples_per_sec_batch_1"]:.2f}',
         ' '.join(f'{x:.2f}' for b, x in s.items() if not b.endswith('_1'))])
   rows.append(['held-out text', '', '', '', f'{h["gen_ppl"]:.2f}', '',
@@ -242,7 +291,8 @@ def _plot_frontier(workdir: str, r: dict) -> str:
     ax.plot([q['unigram_entropy'] for q in s], [q['gen_ppl'] for q in s], 'o-', color=color,
             label=k)
     for q in s:
-      ax.annotate(f'T={q["temperature"]}', (q['unigram_entropy'], q['gen_ppl']), fontsize=6)
+      ax.annotate(f'{_knob(q)}={q["temperature"]}', (q['unigram_entropy'], q['gen_ppl']),
+                  fontsize=6)
     ax.plot([m['unigram_entropy']], [m['gen_ppl']], 'D', ms=8, color=color,
             mfc=color if m['bracketed'] else 'none',
             label=f'{k} at held-out entropy' + ('' if m['bracketed'] else ' (not bracketed)'))
@@ -290,7 +340,9 @@ def write_compare(workdir: str, r: dict) -> None:
   plots = {'loss': _plot_losses(workdir, {k: v['loss_curve'] for k, v in fam.items()})}
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for k, v in fam.items():
+  for k, v in fam.items():  # a family without a likelihood has no point here (its table says why)
+    if not has_bound(v['final']):
+      continue
     ax.plot([c['tokens'] for c in v['checkpoints']], [c['bits_per_byte'] for c in v['checkpoints']],
             'o-', label=f'{k} ({"exact" if v["exact"] else "upper bound"})')
   ax.set(xlabel='training tokens', ylabel='bits per byte', title='Held-out likelihood vs tokens')
@@ -306,13 +358,17 @@ def write_compare(workdir: str, r: dict) -> None:
   plots['wall'] = _save(fig, workdir, 'wall_time.png')
 
   flags = {k: {p: significance.vs_exact(v['final'], af, p) for p in ('', 'discrete_')}
-           for k, v in diffusion.items()}
+           for k, v in diffusion.items() if has_bound(v['final'])}
   headline, lik_rows = [], []
   for k, v in fam.items():
     f = v['final']
     if v['exact']:
       lik_rows.append([k, f'= {_bound(f)}', f'= {_bound(f, per_byte=True)}', '–',
                        f'{f["val_loss"]:.3f}', 'exact'])
+      continue
+    if not has_bound(f):
+      headline.append(f'`{k}` {no_bound(f)}')
+      lik_rows.append([k, '—', '—', '—', f'{f["val_loss"]:.3f}', no_bound(f)])
       continue
     flag = flags[k]
     ratio = significance.bpb_ratio(f, af)
@@ -334,23 +390,35 @@ def write_compare(workdir: str, r: dict) -> None:
   context_rows = [[k] + [_gain(v['context'], i) for i in range(len(levels))]
                   for k, v in diffusion.items()]
   keys = _quality_keys([q for v in fam.values() for q in v['temperature_sweep']])
-  q_rows = [_quality_row(f'{k}, T={q["temperature"]}', q, keys) for k, v in fam.items()
+  q_rows = [_quality_row(f'{k}, {_knob(q)}={q["temperature"]}', q, keys) for k, v in fam.items()
             for q in v['temperature_sweep']]
   q_rows.append(_quality_row('held-out text', h, keys))
   m_rows = [[k, f'{m["temperature"]:.3f}', f'{m["unigram_entropy"]:.3f}', f'{m["gen_ppl"]:.2f}',
-             'yes' if m['bracketed'] else f'no: held-out entropy {m["side"]} the sweep']
+             'yes' if m['bracketed'] else f'no: held-out entropy {m["side"]} the sweep',
+             v['temperature_sweep'][0].get('knob', 'temperature')]
             for k, v in fam.items() for m in [v['matched_entropy']]]
   s_rows = [[_curve_name(k, q)] + _quality_row(f'{q["num_steps"]}', q, keys)
             for k, v in diffusion.items() for q in v['steps_sweep']]
   speed_rows = [[k, f'{v["n_layer"]} × {v["n_embd"]}', f'{v["non_embedding_params"]:,}',
                  f'{v["params"]:,}', f'{v["tokens_per_sec"]:,.0f}', f'{v["train_wall_s"]:.0f}',
                  f'{v["speed"]["samples_per_sec_batch_1"]:.2f}',
-                 ' '.join(f'{x:.2f}' for b, x in v['speed'].items() if not b.endswith('_1'))]
+                 ' '.join(f'{x:.2f}' for b, x in v['speed'].items() if not b.endswith('_1')),
+                 _stage_tokens(v)]
                 for k, v in fam.items()]
+  recon_rows = [[k, *_reconstruction(v['final'])] for k, v in fam.items()
+                if 'reconstruction_accuracy' in v['final']]
+  knobs = [(k, v['temperature_sweep'][0]['knob']) for k, v in fam.items()
+           if v['temperature_sweep'] and v['temperature_sweep'][0].get('knob', 'temperature')
+           != 'temperature']
+  knob_note = ''.join(
+      f' `{k}` takes no softmax temperature (its tokens come from one decoder pass at the end):'
+      f' its sweep turns `{knob}` over the same values instead (score T), the knob that trades'
+      ' its diversity for fidelity, and its T* is a value of that knob.' for k, knob in knobs)
   settings = '\n'.join(f'- `{k}`: {_settings(v["temperature_sweep"][0])}'
                        for k, v in fam.items())
   described = '\n'.join(f'- `{k}` ({v["summary"]}): {v["final"]["likelihood"]}'
-                        + ('' if v['exact'] else f'; the discrete bound is that of its '
+                        + ('' if v['exact'] or not has_bound(v['final'])
+                           else f'; the discrete bound is that of its '
                            f'{v["final"]["discrete_steps"]}-step sampler')
                         + (' — ' + flags[k]['discrete_'] if flags.get(k, {}).get('discrete_')
                            else '') for k, v in fam.items())
@@ -360,8 +428,10 @@ def write_compare(workdir: str, r: dict) -> None:
 Command: `{r['command'] or 'dlm.experiments.compare.compare(...)'}` (preset `{r['preset']}`)
 
 Every model shares the backbone, data, tokenizer, optimiser and token budget
-({a['tokens_per_step']:,} tokens per step, {af['step']} steps): the diffusion families
-{', '.join(f'`{k}`' for k in diffusion)} and the AR twin. {_scorer_sentence(r['scorer'])}
+({a['tokens_per_step']:,} tokens per step, {af['step']} steps, counted over all of a run's
+stages: a family that trains an autoencoder first splits the same steps between the two): the
+diffusion families {', '.join(f'`{k}`' for k in diffusion)} and the AR twin.
+{_scorer_sentence(r['scorer'])}
 
 **Headline.** Bits/byte ÷ the AR twin's: {'; '.join(headline)}.
 Sampling steps, gen-PPL at {few} steps ÷ at {many} steps (target: within
@@ -384,7 +454,8 @@ interpolated over the sweep), the samples' unigram entropy at temperature 1, the
 ## Model sizes and speed
 
 {_table(['model', 'layers × width', 'non-embedding params', 'all params', 'train tokens/s',
-         'train wall s', 'samples/s (batch 1)', 'samples/s (full batch)'], speed_rows)}
+         'train wall s', 'samples/s (batch 1)', 'samples/s (full batch)', 'training tokens'],
+        speed_rows)}
 
 Samples are drawn with each run's own settings:
 
@@ -406,7 +477,7 @@ at least three combined standard errors; otherwise it is flagged.
 What each number is:
 
 {described}
-
+{_reconstruction_section(recon_rows)}
 {plots['loss']}
 
 {plots['bound']}
@@ -435,9 +506,9 @@ the entropy: low-entropy, repetitive text scores a low gen-PPL.
 
 At the held-out text's unigram entropy ({h['unigram_entropy']:.3f} bits), log gen-PPL and the
 temperature interpolated linearly in entropy between the sweep's points (where the sweep does
-not reach it, the nearest point, flagged):
+not reach it, the nearest point, flagged).{knob_note}
 
-{_table(['family', 'T*', 'unigram entropy', 'gen-PPL', 'bracketed'], m_rows)}
+{_table(['family', 'T*', 'unigram entropy', 'gen-PPL', 'bracketed', 'swept option'], m_rows)}
 
 {plots['frontier']}
 
@@ -459,6 +530,21 @@ held-out text {h['gen_ppl']:.2f}.
     f.write(text)
 
 
+def _reconstruction_section(rows: list[list]) -> str:
+  """The autoencoder's reconstruction, for the families that have one (nothing otherwise)."""
+  if not rows:
+    return ''
+  return f"""
+### Reconstruction (families with an autoencoder)
+
+Held-out tokens the decoder gets back (argmax) from their clean latents, and from latents noised
+to the log-SNR of the sampler's last step (noise std in standardised units), where diffusion
+hands over to the decoder: what such a family reports in place of a likelihood.
+
+{_table(['family', 'clean', 'noisy (last step)', 'noise std'], rows)}
+"""
+
+
 def write_ablation(workdir: str, r: dict) -> None:
   variants, runs = r['variants'], r['runs']
   label = {k: ' / '.join(v['variants']) for k, v in runs.items()}  # a trained run's variants
@@ -468,19 +554,40 @@ def write_ablation(workdir: str, r: dict) -> None:
                                     for i, (k, v) in enumerate(runs.items())})
 
   names = [v['name'] for v in variants]
-  fig, (ax, gax) = plt.subplots(1, 2, figsize=(9, 4))
-  ax.bar(names, [v['final']['bits_per_byte'] for v in variants],
-         yerr=[_error_bits_per_byte(v['final']) for v in variants], capsize=4)
-  ax.set(ylabel='bits per byte (upper bound)', title='Bound (± sequences and MC)')
-  gax.bar(names, [v['quality']['gen_ppl'] for v in variants], color='C1')
-  gax.set(ylabel='gen-PPL (T = 1)', yscale='log', title='Sample quality')
-  for a in (ax, gax):
-    a.tick_params(axis='x', labelrotation=30, labelsize=8)
+  bounded = [v for v in variants if has_bound(v['final'])]
+  rebuilt = [v for v in variants if 'reconstruction_accuracy' in v['final']]
+  # One panel per kind of figure the variants have: the bound (families with a likelihood),
+  # the autoencoder's reconstruction (families with one), gen-PPL and sampling speed.
+  panels = (['bound'] if bounded else []) + (['reconstruction'] if rebuilt else []) + [
+      'gen_ppl', 'speed']
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    if panel == 'bound':
+      ax.bar([v['name'] for v in bounded], [v['final']['bits_per_byte'] for v in bounded],
+             yerr=[_error_bits_per_byte(v['final']) for v in bounded], capsize=4)
+      ax.set(ylabel='bits per byte (upper bound)', title='Bound (± sequences and MC)')
+    elif panel == 'reconstruction':
+      x = np.arange(len(rebuilt))
+      for j, (k, label) in enumerate((('clean', 'clean latents'),
+                                      ('noisy', "sampler's last noise"))):
+        ax.bar(x + (j - 0.5) * 0.4, [100 * v['final']['reconstruction_accuracy'][k]
+                                     for v in rebuilt], 0.4, label=label, color=f'C{2 + j}')
+      ax.set_xticks(x, [v['name'] for v in rebuilt])
+      ax.set(ylabel='tokens reconstructed (%)', title='Autoencoder reconstruction')
+      ax.legend(fontsize=7)
+    elif panel == 'gen_ppl':
+      ax.bar(names, [v['quality'].get('gen_ppl', np.nan) for v in variants], color='C1')
+      ax.set(ylabel='gen-PPL (T = 1)', yscale='log', title='Sample quality')
+    else:
+      ax.bar(names, [v['samples_per_sec'] for v in variants], color='C4')
+      ax.set(ylabel='samples / s', title='Sampling speed (full batch)')
+    ax.tick_params(axis='x', labelrotation=30, labelsize=8)
   fig.suptitle(f'Ablation: {r["sweep"]}')
   bars = _save(fig, workdir, 'bits_per_byte.png')
 
-  finals = {k: v['final'] for k, v in runs.items()}
+  finals = {k: v['final'] for k, v in runs.items() if has_bound(v['final'])}
   extra = _quality_keys([v['quality'] for v in variants])[len(QUALITY):]
+  recon = ['reconstruction clean', 'reconstruction noisy', 'noise std'] if rebuilt else []
   scored_by = (f"the GPT-2-family checkpoint `{r['scorer']['name']}` on the retokenised text, "
                "with MAUVE against held-out windows (docs/scoring.md)"
                + (f"; held-out windows of the samples' shape score gen-PPL "
@@ -492,13 +599,18 @@ def write_ablation(workdir: str, r: dict) -> None:
   for v in variants:
     f, q = v['final'], v['quality']
     others = [x for k, x in finals.items() if k != v['run']]
-    rows.append([v['name'], f'`{v["run"]}`', q['family'], _settings(q),
-                 f'≤ {_bound(f, per_byte=True)}', f'≤ {_bound(f)}',
-                 f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})',
-                 significance.vs_others(f, others) or ('–' if not others else 'significant'),
+    if has_bound(f):
+      bound = [f'≤ {_bound(f, per_byte=True)}', f'≤ {_bound(f)}',
+               f'≤ {_bound(f, "discrete_", per_byte=True)} (T={f["discrete_steps"]})',
+               significance.vs_others(f, others) or ('–' if not others else 'significant')]
+    else:
+      bound = ['—', '—', '—', no_bound(f)]
+    rows.append([v['name'], f'`{v["run"]}`', q['family'], _settings(q), *bound,
+                 *(_reconstruction(f) if recon else []),
                  _f(q.get('gen_ppl'), '.2f'), f'{q["unigram_entropy"]:.3f}',
                  f'{q["repetition_rate"]:.3f}', f'{v["tokens_per_sec"]:,.0f}',
-                 f'{v["train_wall_s"]:.0f}', f'{v["samples_per_sec"]:.2f}']
+                 f'{v["train_wall_s"]:.0f}', f'{v["samples_per_sec"]:.2f}',
+                 _stage_tokens(v)]
                 + [_f(q.get(k)) for k in extra])
   shared = [f'{label[k]} (`{k}`)' for k, v in runs.items() if len(v['variants']) > 1]
   text = f"""# Ablation: {r['sweep']}
@@ -515,8 +627,9 @@ discrete bound is at the trained run's sampling step count T. A bound within thr
 Monte-Carlo errors of the nearest other trained variant's bound is flagged: that ranking is noise.
 
 {_table(['variant', 'trained run', 'family', 'sample settings', 'bits/byte',
-         'bits/token', 'discrete bits/byte', 'verdict', 'gen-PPL', 'unigram entropy',
-         'seq-rep-4', 'train tokens/s', 'train wall s', 'samples/s', *extra], rows)}
+         'bits/token', 'discrete bits/byte', 'verdict', *recon, 'gen-PPL', 'unigram entropy',
+         'seq-rep-4', 'train tokens/s', 'train wall s', 'samples/s', 'training tokens', *extra],
+        rows)}
 
 What each trained run's bound describes:
 

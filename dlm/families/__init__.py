@@ -22,6 +22,11 @@ the same functions on it; none of them tests which family it holds. Every module
   prepare(c, workdir, tok, data_dir, manifest, log)   the stage a run trains before the model's
                          own (the latent family's autoencoder), whose arrays the run keeps frozen
                          in `state['noise']['frozen']`; None: no such stage (`no_stage`)
+  at_budget(c) -> c      c spending train.num_iterations batches in all, over every stage it
+                         trains (the experiments compare families at equal total tokens);
+                         unchanged for a one-stage family (`one_budget`)
+  stage_steps(c) -> {stage: steps}   the optimiser steps of each stage c trains, in order
+                         ({'model': train.num_iterations} for one stage, `one_stage_steps`)
   flops_multiplier(c)    training FLOPs over the backbone's 6N + attention
   init_noise(c, mcfg)    its part of the train state (`state['noise']`) or None;
   update_noise(noise_state, rows, step, c)   that part after each step
@@ -76,3 +81,13 @@ def of(model_config):
 def no_stage(c, workdir, tok, data_dir, manifest, log) -> None:
   """The `prepare` of a family that trains in one stage: nothing to do, nothing frozen."""
   del c, workdir, tok, data_dir, manifest, log
+
+
+def one_budget(c):
+  """The `at_budget` of a one-stage family: its model spends the whole budget."""
+  return c
+
+
+def one_stage_steps(c) -> dict:
+  """The `stage_steps` of a one-stage family."""
+  return {'model': c.train.num_iterations}

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from dlm import sharding
-from dlm.families import no_stage
+from dlm.families import no_stage, one_budget, one_stage_steps
 from dlm.losses import token_ce
 from dlm.model import Transformer, empty_cache
 
@@ -38,6 +38,8 @@ def flops_multiplier(c) -> float:
 
 
 prepare = no_stage  # one stage: nothing trained before the model
+at_budget = one_budget
+stage_steps = one_stage_steps
 
 
 def init_noise(c, mcfg):

@@ -51,7 +51,7 @@ import optax
 
 from dlm import conditioning, denoiser, diffusion, labels, noise, samplers, sharding, streams
 from dlm.denoiser import branch_labels, embedding_table, self_condition
-from dlm.families import no_stage
+from dlm.families import no_stage, one_budget, one_stage_steps
 from dlm.losses import token_ce
 from dlm.model import Transformer
 
@@ -79,6 +79,8 @@ def flops_multiplier(c) -> float:
 # ---- the train state's noise allocation ---------------------------------------------------
 
 prepare = no_stage  # one stage: nothing trained before the model
+at_budget = one_budget
+stage_steps = one_stage_steps
 
 
 def init_noise(c, mcfg) -> dict:

@@ -51,7 +51,7 @@ import optax
 from dlm import (conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding,
                  streams)
 from dlm.denoiser import embedding_table
-from dlm.families import no_stage
+from dlm.families import no_stage, one_budget, one_stage_steps
 from dlm.model import Transformer
 
 NAME = 'hybrid'
@@ -106,6 +106,8 @@ def model_fields(c) -> dict:
 
 
 prepare = no_stage  # one stage: nothing trained before the model
+at_budget = one_budget
+stage_steps = one_stage_steps
 
 
 def init_noise(c, mcfg) -> dict:

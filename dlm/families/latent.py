@@ -30,6 +30,7 @@ DPM-Solver++(2M), with guidance and score temperature) over L / c latents, then 
 pass at the clean end.
 """
 
+import copy
 import functools
 import math
 
@@ -74,6 +75,28 @@ def flops_multiplier(c) -> float:
   layers = c.latent.layers or c.model.n_layer or c.model.depth
   encoder = 2 / 6 * layers / (c.model.n_layer or c.model.depth)
   return gaussian.flops_multiplier(c) / c.latent.chunk + encoder
+
+
+def at_budget(c):
+  """c spending its train.num_iterations batches over both stages: the autoencoder takes
+  latent.fraction of them (at least one step each), diffusion the rest, so a latent run reads
+  as many tokens as another family's run of the same budget. A fraction and not the ratio of
+  a config's two step counts: the experiments' presets set the budget alone, and the split must
+  follow it (configs/latent.py's 400 + 400 is a fraction of 0.5)."""
+  budget = c.train.num_iterations
+  if budget < 2:
+    raise DlmError(f'train.num_iterations={budget}: the latent family needs at least 2 steps '
+                   'to split between its autoencoder and diffusion stages')
+  c = copy.deepcopy(c)
+  c.latent.iterations = min(max(round(c.latent.fraction * budget), 1), budget - 1)
+  c.train.num_iterations = budget - c.latent.iterations
+  return c
+
+
+def stage_steps(c) -> dict:
+  """Optimiser steps of the autoencoder stage, then of the diffusion stage (a reused
+  autoencoder's steps count: its tokens were spent on this run's model all the same)."""
+  return {'autoencoder': c.latent.iterations, 'diffusion': c.train.num_iterations}
 
 
 # ---- the autoencoder stage and the state it leaves ------------------------------------------

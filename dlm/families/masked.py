@@ -40,7 +40,7 @@ import optax
 
 from dlm import conditioning, diffusion, labels, sharding, streams
 from dlm.denoiser import branch_labels, embedding_table
-from dlm.families import no_stage
+from dlm.families import no_stage, one_budget, one_stage_steps
 from dlm.losses import token_ce
 from dlm.model import Transformer
 
@@ -75,6 +75,8 @@ def level_edges(proposal=None):
 
 
 prepare = no_stage  # one stage: nothing trained before the model
+at_budget = one_budget
+stage_steps = one_stage_steps
 
 
 def init_noise(c, mcfg) -> None:
