@@ -19,7 +19,7 @@ catches what keeps a file's size: a flipped bit would otherwise be read back as 
 without a word, or fail inside the restore with a TensorStore error. CRC-32 rather than a
 cryptographic hash: it detects every burst of up to 32 flipped bits (the failure of a disk or a
 copy, not of an adversary) and zlib computes it about twice as fast as hashlib's blake2b or
-sha256 on this machine's CPU (docs/misc-notes.md has the measurement).
+sha256 on this machine's CPU (docs/training.md, "Checkpoint checksums", has the measurement).
 """
 
 import contextlib

@@ -42,7 +42,7 @@ def _objective(params, tokens_PL, key, proposal, *, model, config, n: int):
   P = tokens_PL.shape[0]
   d = family.draw(key, tokens_PL[:n], model, config, proposal, None, False)
   if P == n:  # nothing to leave out: one batch, as training computes it (the per-row form
-    # below costs the quickstart's objective 20-30% more on CPU, docs/misc-notes.md)
+    # below costs the quickstart's objective 20-30% more on CPU, docs/scaling.md)
     return family.loss(params, model, tokens_PL, d, config)[0]
   d = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], P - n, 0)]), d)
 
