@@ -51,7 +51,7 @@ import optax
 from dlm import (conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding,
                  streams)
 from dlm.denoiser import embedding_table
-from dlm.families import no_stage, one_budget, one_stage_steps
+from dlm.families import gaussian, no_stage, one_budget, one_stage_steps
 from dlm.model import Transformer
 
 NAME = 'hybrid'
@@ -110,15 +110,9 @@ at_budget = one_budget
 stage_steps = one_stage_steps
 
 
-def init_noise(c, mcfg) -> dict:
-  """The noise proposal q and its running CE curve (`dlm.noise`), which lam(t) follows."""
-  return noise.init_state(c.diffusion, mcfg.diffusion_dim, mcfg.vocab_size)
-
-
-def update_noise(noise_state, rows, step, c) -> dict:
-  """The rows' (lam, CE over the corrupted positions) into the running curve (`noise.update`)."""
-  return noise.update(noise_state, rows['lam'].reshape(-1), rows['ce'].reshape(-1), step,
-                      c.diffusion, rows['weight'].reshape(-1))
+# The noise proposal q and its running CE curve (`dlm.noise`), which lam(t) follows: kept as the
+# Gaussian family keeps it, from the rows' (lam, CE over the corrupted positions).
+init_noise, update_noise = gaussian.init_noise, gaussian.update_noise
 
 
 def draw(key, tokens_BL, model: Transformer, c, noise_state, patterns=None,
