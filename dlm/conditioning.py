@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm import streams
+from dlm import diffusion, streams
 from dlm.errors import DlmError
 from dlm.tokenizer import BOS, PAD
 
@@ -102,6 +102,16 @@ class Condition:
   def length(self) -> int:
     """Tokens up to the end of the template or prompt."""
     return int(np.flatnonzero(self.known)[-1]) + 1 if self.known.any() else 0
+
+
+def held_noisy(x0_BLE, d: dict, path: str):
+  """(z, free): x0 noised at the draws' log-SNRs (`d['lam']`, `d['eps']`) with the known
+  positions held clean, and the float mask of the free (scored) positions."""
+  z = diffusion.q_sample(x0_BLE, d['lam'], d['eps'], path)
+  known = d.get('known')
+  if known is None:
+    return z, jnp.ones(x0_BLE.shape[:2], jnp.float32)
+  return inject(z, x0_BLE, known), (~known).astype(jnp.float32)
 
 
 def _check_text(text: str, what: str) -> None:

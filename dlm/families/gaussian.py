@@ -140,14 +140,9 @@ def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=
   E_VE = embedding_table(model, params)
   x0_BLE = E_VE[tokens_BL]
   lam_B, eps_BLE = d['lam'], d['eps']
-  z_BLE = diffusion.q_sample(x0_BLE, lam_B, eps_BLE, dc.path)
+  z_BLE, free_BL = conditioning.held_noisy(x0_BLE, d, dc.path)
   known_BL = d.get('known')
   label_B = labels.of_rows(tokens_BL, d, patterns)
-  if known_BL is not None:
-    z_BLE = conditioning.inject(z_BLE, x0_BLE, known_BL)
-    free_BL = (~known_BL).astype(jnp.float32)
-  else:
-    free_BL = jnp.ones(tokens_BL.shape, jnp.float32)
   norm = jnp.sum(free_BL) if norm is None else norm
   x0_prev = self_condition(params, model, z_BLE, lam_B, E_VE, True, dc.self_condition,
                            known_BL, label_B, d['even'])

@@ -156,14 +156,9 @@ def loss(params, model: Transformer, tokens_BL, d: dict, c, patterns=None, norm=
   (`x0_mse`), the curve the noise allocation follows."""
   dc = c.diffusion
   x0, lam_B, eps = d['x0'], d['lam'], d['eps']
-  z = diffusion.q_sample(x0, lam_B, eps, dc.path)
+  z, free = conditioning.held_noisy(x0, d, dc.path)
   known = d.get('known')
   label_B = labels.of_rows(tokens_BL, d, patterns)
-  if known is not None:
-    z = conditioning.inject(z, x0, known)
-    free = (~known).astype(jnp.float32)
-  else:
-    free = jnp.ones(x0.shape[:2], jnp.float32)
   norm = jnp.sum(free) if norm is None else norm
   x0_prev = denoiser.self_condition(params, model, z, lam_B, None, True, dc.self_condition,
                                     known, label_B, d['even'])
