@@ -222,7 +222,8 @@ def train(c, directory: str, tok: Tokenizer, data_dir: str, manifest: dict,
   batches = data.TrainBatches(
       data.shard_paths(data_dir, manifest, 'train'), L, (1, B), c.seed + 2,
       *sharding.process_block(batch_sh, (1, B, L), 1), c.data.num_workers,
-      put=functools.partial(sharding.to_device, sharding=batch_sh))
+      put=functools.partial(sharding.to_device, sharding=batch_sh),
+      unique_windows=c.data.train_windows)
   target = checkpoint.abstract_state(_init_fn(model, tx, shape), mesh)
   ckpts = checkpoint.Checkpoints(directory, keep=c.train.keep_checkpoints)
   layout = {'windows_per_step': B, 'processes': jax.process_count()}

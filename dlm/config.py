@@ -108,6 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer_vocab_size=4096,
       num_generated_stories=20000,  # documents of the default corpus (either source)
       max_documents=0,            # 0 = every document of data.path
+      train_windows=0,            # > 0: train on only the train split's first this many windows,
+                                  # repeated (a fixed budget of unique tokens); 0 = all of them
       on_error='skip',            # undecodable bytes, bad .jsonl lines: skip (and count) | stop
       num_workers=0,              # grain worker processes (0: threads in this process)
       label='',                   # a label read off each window, for guidance: '' (none) |
@@ -317,6 +319,7 @@ RULES = {
     'data.tokenizer_vocab_size': _integer(256 + 2),  # every byte, plus BOS and pad
     'data.num_generated_stories': _integer(1),
     'data.max_documents': _integer(0),
+    'data.train_windows': _integer(0),
     'data.on_error': _one_of('skip', 'stop'),
     'data.num_workers': _integer(0),
     'data.label': _label,

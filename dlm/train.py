@@ -212,18 +212,20 @@ def prepare(c: ml_collections.ConfigDict, workdir: str,
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, log=functools.partial(print, flush=True),
-          stop_after: int | None = None):
+          stop_after: int | None = None, final_eval: bool = True):
   """Train (or resume) the run in `workdir`; returns the final evaluation dict, or None when
   stopped early by a signal (`dlm.preemption`), with a checkpoint at the step it stopped.
 
   `stop_after` simulates a preemption: the loop ends after that step with no final save or
-  evaluation (returns None), as if the process had been killed.
+  evaluation (returns None), as if the process had been killed. final_eval=False: no
+  evaluation at the end (returns None), for a caller that evaluates the checkpoint itself
+  (`dlm.experiments.scaling`).
   """
   with contextlib.ExitStack() as held:  # the workdir's lock, once taken
-    return _train(c, workdir, log, stop_after, held)
+    return _train(c, workdir, log, stop_after, held, final_eval)
 
 
-def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
+def _train(c, workdir, log, stop_after, held: contextlib.ExitStack, final_eval: bool = True):
   # ---- config and mesh -------------------------------------------------------------
   if not sharding.is_main_process():
     log = lambda *a, **k: None
@@ -252,7 +254,8 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   train_iter = data.TrainBatches(  # this process's rows of each step's batch, one step ahead
       data.shard_paths(data_dir, manifest, 'train'), L, (accumulation, B), c.seed,
       *sharding.process_block(batch_sh, (accumulation, B, L), 1), c.data.num_workers,
-      put=functools.partial(sharding.to_device, sharding=batch_sh))
+      put=functools.partial(sharding.to_device, sharding=batch_sh),
+      unique_windows=c.data.train_windows)
 
   # ---- the family's own stage before this one (the latent family's autoencoder) -----------
   family = families.of(mcfg)
@@ -423,7 +426,7 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack):
   ckpts.close()
 
   # ---- final evaluation and a look at the samples --------------------------------------
-  return validate(state, T, final=True)
+  return validate(state, T, final=True) if final_eval else None
 
 
 def _val_line(r: dict, exact: bool) -> str:

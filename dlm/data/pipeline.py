@@ -68,15 +68,22 @@ def _to_batch(rows: np.ndarray) -> np.ndarray:
 
 def train_dataset(paths: list[str], sequence_len: int, batch_shape: tuple[int, int], seed: int,
                   block: int = 0, blocks: int = 1, num_workers: int = 0,
-                  start: int = 0) -> grain.IterDataset:
+                  start: int = 0, unique_windows: int = 0) -> grain.IterDataset:
   """This process's part, of shape (A, B / blocks, sequence_len), of each step's batch.
 
   batch_shape is (accumulation steps A, sequences per micro-step B over all processes); this
   process holds rows block * B / blocks ... of every micro-batch. `start`: windows of the
-  stream already consumed (a resumed run).
+  stream already consumed (a resumed run). unique_windows > 0: only the split's first that many
+  windows, reshuffled and repeated epoch after epoch (a fixed budget of unique tokens, the
+  data-constrained regime of Muennighoff et al. 2023; `data.train_windows`); 0: all of them.
   """
   A, B = batch_shape
   windows = grain.MapDataset.source(TokenWindows(paths, sequence_len))
+  if unique_windows:
+    if unique_windows > len(windows):
+      raise DlmError(f'data.train_windows={unique_windows} exceeds the {len(windows)} windows of '
+                     f'{sequence_len} tokens in the train split')
+    windows = windows[:unique_windows]
   if len(windows) < A * B:
     raise DlmError(f'the train split gives {len(windows)} windows of {sequence_len} tokens, '
                    f'fewer than one step\'s {A * B}: give more text, or lower '
@@ -105,9 +112,9 @@ class TrainBatches:
 
   def __init__(self, paths: list[str], sequence_len: int, batch_shape: tuple[int, int],
                seed: int, block: int = 0, blocks: int = 1, num_workers: int = 0,
-               put=lambda batch: batch):
+               put=lambda batch: batch, unique_windows: int = 0):
     self._dataset = functools.partial(train_dataset, paths, sequence_len, batch_shape, seed,
-                                      block, blocks, num_workers)
+                                      block, blocks, num_workers, unique_windows=unique_windows)
     self._dataset()  # a corpus too small for one step fails here, before any compilation
     self.windows_per_step = int(np.prod(batch_shape))
     self.position, self._put, self._iterator, self._ahead = 0, put, None, None
