@@ -140,6 +140,18 @@ def test_headline_recovers_a_known_multiplier():
     assert r['interval'][0] <= K <= r['interval'][1]
 
 
+def test_bootstraps_run_with_one_seed_are_still_paired_independently():
+  """B's runs are A's at K times the compute: with one seed both bootstraps pick the same runs
+  in the same order, so pairing draw i with draw i would make every ratio exactly K."""
+  C, L = sweep()
+  fa, ba = family(1.0, 0)
+  fb, bb = fits.fit(C * K, L), fits.bootstrap(C * K, L, n=300, seed=0)
+  np.testing.assert_allclose(bb['alpha'], ba['alpha'], rtol=1e-6)  # the same resamples
+  h = fits.headline(fb, fa, bb, ba)
+  assert h['multiplier'] == pytest.approx(K, rel=1e-6)
+  assert h['interval'][0] < K / 1.1 and h['interval'][1] > K * 1.1
+
+
 def test_no_overlap_is_read_at_the_nearest_edge_and_flagged():
   fa, ba = family(1.0, 0)
   far = 1e4  # B's losses all above A's

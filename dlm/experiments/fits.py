@@ -214,12 +214,15 @@ def multiplier(family_fit: dict, ar_fit: dict, family_boot: dict, ar_boot: dict,
   """M(L) = C_family(L) / C_AR(L) at each loss of `losses`: how many times the twin's compute
   the family needs to reach the same held-out loss.
 
-  The point value comes from the two fits. Its interval pairs the i-th draw of one family's
-  bootstrap with the i-th of the other's (the two sweeps are independent, so any pairing is a
-  random one; the shorter list sets the number of pairs) and takes percentiles of the paired
-  ratios: the lower one the order statistic just below (1 - level)/2, the upper one just
-  above (1 + level)/2, so an infinite draw (a curve that never reaches L) is never
-  interpolated with a finite one, and the interval errs on the wide side. Pairs where neither
+  The point value comes from the two fits. Its interval pairs each draw of the family's
+  bootstrap with a draw of the twin's and takes percentiles of the paired ratios. The two
+  sweeps are independent, so the pairs are drawn at random (a fixed permutation, seed 0; the
+  shorter list sets their number): pairing draw i with draw i would tie them whenever both
+  bootstraps ran with one seed on sweeps of one design, whose i-th resamples then pick the
+  same runs, and the correlated pairs would narrow the interval. The lower percentile is the
+  order statistic just below (1 - level)/2, the upper one just above (1 + level)/2, so an
+  infinite draw (a curve that never reaches L) is never interpolated with a finite one, and
+  the interval errs on the wide side. Pairs where neither
   curve reaches L say nothing of the ratio and are left out.
 
   Each entry: {'loss', 'multiplier', 'interval': [lo, hi], 'extrapolated', 'overlap',
@@ -235,7 +238,8 @@ def multiplier(family_fit: dict, ar_fit: dict, family_boot: dict, ar_boot: dict,
     raise DlmError('compute multiplier: a bootstrap has no usable draws (every resample '
                    'had fewer than 3 envelope points or failed to fit)')
   fam = {p: np.asarray(family_boot[p][:k])[:, None] for p in ('E', 'A', 'alpha')}
-  ar = {p: np.asarray(ar_boot[p][:k])[:, None] for p in ('E', 'A', 'alpha')}
+  pair = np.random.default_rng(0).permutation(k)
+  ar = {p: np.asarray(ar_boot[p][:k])[pair][:, None] for p in ('E', 'A', 'alpha')}
   with np.errstate(invalid='ignore'):
     point = _log_compute(family_fit, losses) - _log_compute(ar_fit, losses)
     draws = _log_compute(fam, losses[None, :]) - _log_compute(ar, losses[None, :])
