@@ -39,6 +39,7 @@ import shutil
 import sys
 
 import ml_collections
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -227,36 +228,51 @@ def grid(g: Grid, names, log) -> list[dict]:
   return points
 
 
+def band(fit: dict, boot: dict, C) -> dict:
+  """The fitted curve over compute C and its 95 % bootstrap band (for the plot)."""
+  C = np.asarray(C, dtype=float)
+  curve = lambda E, A, a: E + A * C[None, :] ** -a
+  draws = curve(*(np.asarray(boot[k], dtype=float)[:, None] for k in ('E', 'A', 'alpha')))
+  return {'flops': C.tolist(), 'fit': curve(fit['E'], fit['A'], fit['alpha'])[0].tolist(),
+          'lo': np.quantile(draws, 0.025, axis=0).tolist(),
+          'hi': np.quantile(draws, 0.975, axis=0).tolist()}
+
+
 def analyse(points: list[dict], names, p: dict) -> dict:
   """Per family: its envelope fit with bootstrap draws, and (diffusion) the multiplier at
-  matched loss against the AR twin, along the measured loss range and at the headline loss."""
+  matched loss against the AR twin, along the loss range and at the headline loss."""
   out, boots = {}, {}
   for name in (ar.NAME, *names):
-    own = [x for x in points if x['family'] == name]
-    C = [x['flops'] for x in own]
-    L = [x['bits_per_byte'] for x in own]
+    own = [x for x in points if x['family'] == name and x['axis'] == 'compute']
+    C, L = [x['flops'] for x in own], [x['bits_per_byte'] for x in own]
+    out[name] = {'points': len(own)}
     try:
-      fit = fits.fit(*fits.envelope(C, L))
+      fit = fits.fit(C, L)
       boots[name] = fits.bootstrap(C, L, n=p['bootstrap'], seed=0)
-      out[name] = {'fit': fit, 'points': len(own), 'losses': [min(L), max(L)]}
     except DlmError as e:
-      out[name] = {'fit': None, 'why': str(e), 'points': len(own)}
+      out[name].update(fit=None, why=str(e))
+      continue
+    grid_C = np.geomspace(min(C) / 1.5, max(C) * 1.5, 40)
+    out[name].update(fit=fit, losses=fit['loss_range'], band=band(fit, boots[name], grid_C),
+                     bootstrap={k: boots[name][k] for k in boots[name]
+                                if k not in ('E', 'A', 'alpha')})
   for name in names:
     r = out[name]
-    if r['fit'] is None or out[ar.NAME]['fit'] is None:
-      r.update(multiplier=None, interval=None,
-               why_no_multiplier=r.get('why') or out[ar.NAME].get('why'))
+    why = r.get('why') or out[ar.NAME].get('why')
+    if why:
+      r.update(multiplier=None, interval=None, why_no_multiplier=why)
       continue
-    head = fits.headline(r['fit'], out[ar.NAME]['fit'], boots[name], boots[ar.NAME],
-                         fam_losses=[x['bits_per_byte'] for x in points if x['family'] == name],
-                         ar_losses=[x['bits_per_byte'] for x in points
-                                    if x['family'] == ar.NAME])
-    r.update(head)
-    lo, hi = (head['overlap'] or [min(r['losses'][0], out[ar.NAME]['losses'][0]),
-                                  max(r['losses'][1], out[ar.NAME]['losses'][1])])
-    curve = [lo + (hi - lo) * i / 19 for i in range(20)]
-    r['multiplier_vs_loss'] = fits.multiplier(r['fit'], out[ar.NAME]['fit'], boots[name],
-                                              boots[ar.NAME], curve)
+    try:
+      r.update(fits.headline(r['fit'], out[ar.NAME]['fit'], boots[name], boots[ar.NAME]))
+    except DlmError as e:
+      r.update(multiplier=None, interval=None, why_no_multiplier=str(e))
+      continue
+    # along the whole loss range the two families measured, beyond the overlap (flagged)
+    lo = min(r['losses'][0], out[ar.NAME]['losses'][0])
+    hi = max(r['losses'][1], out[ar.NAME]['losses'][1])
+    r['multiplier_vs_loss'] = fits.multiplier(
+        r['fit'], out[ar.NAME]['fit'], boots[name], boots[ar.NAME],
+        np.geomspace(lo, hi, 25).tolist())
   ranked = {n: out[n] for n in names if out[n].get('multiplier') is not None}
   return {'families': out, 'ranking': fits.rank(ranked) if len(ranked) > 1 else None}
 

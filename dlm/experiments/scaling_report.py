@@ -26,9 +26,9 @@ def _fmt(x, digits: int = 3) -> str:
 def _interval(r: dict) -> str:
   if r.get('multiplier') is None:
     return 'none (' + (r.get('why_no_multiplier') or 'no fit') + ')'
-  lo, hi = r['interval']
+  lo, hi = (_fmt(v) if v is not None else '∞' for v in r['interval'])
   flag = ' (extrapolated: outside the measured overlap)' if r['extrapolated'] else ''
-  return f'{r["multiplier"]:.3g}× [{lo:.3g}, {hi:.3g}] at {r["loss"]:.3f} bits/byte{flag}'
+  return f'{r["multiplier"]:.3g}× [{lo}, {hi}] at {r["loss"]:.3f} bits/byte{flag}'
 
 
 def plot_loss_vs_flops(workdir: str, results: dict) -> str:
@@ -107,7 +107,8 @@ def write(workdir: str, results: dict) -> None:
   lines += ['**Headline.** ' + '; '.join(f'**{n}** needs {_interval(fams[n])} of the AR '
                                           "twin's training compute" for n in diffusion) + '.', '']
   if results.get('ranking'):
-    lines += [results['ranking']['text'], '']
+    lines += ['**Ranking.** ' + '; '.join(p['verdict'] for p in results['ranking']['pairs'])
+              + '.', '']
   lines += ['| family | ours (95% bootstrap interval) | published |', '|---|---|---|']
   for n in diffusion:
     pub = '; '.join(f'{p["multiplier"]}× ({p["source"]})' for p in results['published']
@@ -143,10 +144,9 @@ def write(workdir: str, results: dict) -> None:
     lines.append(f'| {a["epochs"]:g} | {a["bits_per_byte"]:.4f} ± {a["mc_stderr"]:.4f} | '
                  f'{d["bits_per_byte"]:.4f} ± {d["mc_stderr"]:.4f} |')
   x = e['crossover']
-  lines += ['', (f'Crossover: {e["family"]} falls below AR at about {x["epochs"]:.3g} epochs.'
-                 if x and x.get('epochs') is not None else
-                 f'No crossover within {e["epochs"][-1]} epochs: AR stays ahead.'
-                 if not x or x.get('epochs') is None else ''), '',
+  lines += ['', (f'Crossover: {e["family"]} falls below the AR twin at about {x["epochs"]:.3g} '
+                 'epochs.' if x['epochs'] is not None else f'Crossover: none ({x["note"]}).'),
+            '',
             f'![loss vs epochs]({plots[2]})', '',
             '## Points', '', '| family | size | steps | tokens | FLOPs | bits/byte |',
             '|---|---|---|---|---|---|']
