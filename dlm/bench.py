@@ -6,8 +6,9 @@
 For each diffusion family on the config's backbone and its AR twin (`ar_configs.ar_twin`: same
 data shapes, matched non-embedding parameters) it compiles and then times, after a warm-up call:
 - the train step (one micro-batch of `--batch` sequences, no accumulation): tokens/s and MFU
-  (nanochat's 6N + attention flops rule, `model.flops_per_token`; the diffusion model's extra
-  self-conditioning half-forward counted; peak from `train.PEAK_FLOPS`, none on CPU);
+  (the model's matmul FLOPs counted from its shapes by the family's `train_flops`, `dlm.flops`:
+  every pass, head and self-conditioning pass included, rematerialisation not; peak from
+  `train.PEAK_FLOPS`, none on CPU);
 - the evaluation step (the family's bound with `eval.bound_samples` draws per sequence, the
   AR model's exact NLL) on `eval.batch_size` sequences;
 - sampling `sequence_len` tokens at batch 1 and at `--batch`: each diffusion family's sampler
@@ -37,7 +38,7 @@ from dlm import config as config_lib
 from dlm import families, sampling, sharding, state as state_lib
 from dlm.errors import DlmError
 from dlm import ar_configs
-from dlm.model import count_params, flops_per_token
+from dlm.model import count_params
 from dlm.train import make_train_step, peak_flops
 
 
@@ -84,10 +85,11 @@ def bench_family(c, batch: int, repeats: int, log=print) -> dict:
                  out_shardings=(rep, rep))
   batch_1BL = tokens(B)[None]
   compile_s, step_s = _timed(step, (state, batch_1BL, jax.random.key(1)), repeats)
-  fpt = flops_per_token(mcfg, out['non_embedding_params']) * family.flops_multiplier(c)
+  fpt = list(family.train_flops(c, V).values())[-1]  # the stage make_train_step trains
   peak = peak_flops(jax.devices()[0])
   tps = B * L / step_s
   out['train'] = {'compile_s': compile_s, 'step_s': step_s, 'tokens_per_sec': tps,
+                  'flops_per_token': fpt,
                   'mfu': tps * fpt / (peak * jax.device_count()) if peak else None}
   log(f'{name}: train step {step_s * 1e3:.1f} ms, {tps:,.0f} tokens/s (compile {compile_s:.1f} s)')
 

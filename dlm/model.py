@@ -79,7 +79,10 @@ def apply_rotary(x_BLHK, cos, sin):
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x_BLHK.dtype)
 
 
-def time_features(lam_B, dim: int = 256):
+TIME_FEATURES = 256  # sinusoidal features of the diffusion time, the time MLP's input width
+
+
+def time_features(lam_B, dim: int = TIME_FEATURES):
   """Sinusoidal features of the log-SNR, rescaled so the default range spans [0, 1000] like a
   DDPM timestep index."""
   s = (lam_B - diffusion.LOGSNR_MIN) / (diffusion.LOGSNR_MAX - diffusion.LOGSNR_MIN) * 1000.0
@@ -312,7 +315,3 @@ def count_params(params, exclude_embeddings: bool = False) -> int:
              if not (exclude_embeddings and any(getattr(p, 'key', '') in ('embed', 'wte')
                                                 for p in path)))
 
-
-def flops_per_token(cfg: ModelConfig, n_params_non_embedding: int) -> float:
-  """Training FLOPs per token by nanochat's rule: 6 N (matmuls fwd+bwd) + 12 l h q t (attention)."""
-  return 6 * n_params_non_embedding + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.sequence_len

@@ -24,7 +24,7 @@ from dlm import config as config_lib
 from dlm import metrics_log as metrics_log_lib
 from dlm import state as state_lib
 from dlm.errors import DlmError
-from dlm.model import count_params, flops_per_token
+from dlm.model import count_params
 
 # Dense bf16 peak FLOP/s per device, for MFU. None (CPU, unknown chips): MFU is not reported.
 PEAK_FLOPS = {
@@ -278,8 +278,8 @@ def _train(c, workdir, log, stop_after, held: contextlib.ExitStack, final_eval: 
   if sharding.is_main_process():  # after the checks a resume makes: a refused one changes nothing
     config_lib.save_json(c, storage.join(workdir, 'config.json'))
   n_params = count_params(state['params'])
-  fpt = (flops_per_token(mcfg, count_params(state['params'], exclude_embeddings=True))
-         * family.flops_multiplier(c))
+  # training FLOPs per token of the stage this loop trains: the last one (`dlm.flops`)
+  fpt = list(family.train_flops(c, tok.vocab_size).values())[-1]
   log(f'model: {family.NAME} ({family.SUMMARY}), {mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads, '
       f'{n_params / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}, length {L}, '
       f'{mcfg.dtype} matmuls, {mcfg.attention} attention, remat {mcfg.remat}')

@@ -12,7 +12,7 @@ from dlm import checkpoint, families, sampling, train
 from dlm.errors import DlmError
 
 INTERFACE = ('NAME', 'SUMMARY', 'EXACT', 'INFILL', 'SAMPLE_OPTIONS', 'model_fields',
-             'prepare', 'at_budget', 'stage_steps', 'flops_multiplier', 'init_noise',
+             'prepare', 'at_budget', 'stage_steps', 'train_flops', 'init_noise',
              'update_noise', 'draw', 'scored_positions', 'loss', 'param_metrics',
              'bound', 'context_probe', 'sample_tokens')
 DIFFUSION_ONLY = ('LEVEL', 'describe_bound', 'level_edges')

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm.model import ModelConfig, Transformer, count_params, flops_per_token
+from dlm.model import ModelConfig, Transformer, count_params
 
 
 def _random_params(model, *inputs):
@@ -81,13 +81,12 @@ def test_sequence_longer_than_the_model_maximum_is_rejected():
     raise AssertionError('no error for an over-long sequence')
 
 
-def test_parameter_count_and_flops_rule():
+def test_parameter_count():
   cfg = _cfg(causal=True)
   params = Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
   per_layer = 4 * 32 * 32 + 2 * 4 * 32 * 32  # q k v out + mlp in/out (the AR model has no modulation)
   assert count_params(params, exclude_embeddings=True) == 2 * per_layer + 32 * 64
   assert count_params(params) == 2 * per_layer + 32 * 64 + 64 * 32
-  assert flops_per_token(cfg, 1000) == 6000 + 12 * 2 * 2 * 16 * 8
 
 
 def _dot_dtypes(fn, *args, width: int):

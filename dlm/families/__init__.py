@@ -13,6 +13,8 @@ the same functions on it; none of them tests which family it holds. Every module
 
   NAME, SUMMARY          its key and one line for logs and reports
   EXACT                  True when `bound` is the exact NLL (ar), False for an upper bound
+  LIKELIHOOD             whether `bound` gives nats at all (False: latent, which reports what
+                         it measures instead; it has no point on a loss-vs-FLOPs axis)
   INFILL                 whether it can fill gaps between known tokens (ar cannot)
   LEVEL                  the corruption axis of its held-out CE curve (diffusion families)
   SAMPLE_OPTIONS         the sampling options it takes (`dlm.sampling.OPTIONS`); SAMPLERS, where
@@ -27,7 +29,10 @@ the same functions on it; none of them tests which family it holds. Every module
                          unchanged for a one-stage family (`one_budget`)
   stage_steps(c) -> {stage: steps}   the optimiser steps of each stage c trains, in order
                          ({'model': train.num_iterations} for one stage, `one_stage_steps`)
-  flops_multiplier(c)    training FLOPs over the backbone's 6N + attention
+  train_flops(c, vocab_size, by_part=False) -> {stage: FLOPs}   training FLOPs per token of
+                         each stage's batches, the keys and order of stage_steps (a run's
+                         compute: sum over stages of steps x tokens per step x FLOPs); matmuls
+                         counted from the shapes by `dlm.flops`; by_part: {stage: {part: FLOPs}}
   init_noise(c, mcfg)    its part of the train state (`state['noise']`) or None;
   update_noise(noise_state, rows, step, c)   that part after each step
   draw(key, tokens_BL, model, c, proposal, patterns, condition, rows=None) -> d

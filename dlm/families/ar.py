@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import sharding
+from dlm import config, flops, sharding
 from dlm.families import no_stage, one_budget, one_stage_steps
 from dlm.losses import token_ce
 from dlm.model import Transformer, empty_cache
@@ -25,6 +25,7 @@ from dlm.model import Transformer, empty_cache
 NAME = 'ar'
 SUMMARY = 'autoregressive (causal attention, next-token loss)'
 EXACT = True
+LIKELIHOOD = True   # the evaluation gives bits per byte (exact or a bound)
 SAMPLE_OPTIONS = frozenset({'temperature', 'top_p'})
 INFILL = False  # it writes left to right and never sees the text after a gap
 
@@ -33,8 +34,13 @@ def model_fields(c) -> dict:
   return {'causal': True, 'conditioning': False, 'prior_logits': False}
 
 
-def flops_multiplier(c) -> float:
-  return 1.0
+def train_flops(c, vocab_size: int, by_part: bool = False) -> dict:
+  """Training FLOPs per token (`dlm.flops`): one trained pass over the first L - 1 tokens of
+  each window (the last has no target)."""
+  mcfg = config.model_config(c, vocab_size)
+  L = mcfg.sequence_len
+  return flops.stages({'model': flops.scale(flops.forward(mcfg, L - 1), flops.TRAIN)}, L,
+                      by_part)
 
 
 prepare = no_stage  # one stage: nothing trained before the model

@@ -49,7 +49,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import conditioning, denoiser, diffusion, labels, noise, samplers, sharding, streams
+from dlm import (conditioning, config, denoiser, diffusion, flops, labels, noise, samplers,
+                 sharding, streams)
 from dlm.denoiser import branch_labels, embedding_table, self_condition
 from dlm.families import no_stage, one_budget, one_stage_steps
 from dlm.losses import token_ce
@@ -58,6 +59,7 @@ from dlm.model import Transformer
 NAME = 'gaussian'
 SUMMARY = 'Gaussian noise on token embeddings'
 EXACT = False
+LIKELIHOOD = True   # the evaluation gives bits per byte (exact or a bound)
 SAMPLE_OPTIONS = frozenset({'num_steps', 'sampler', 'temperature', 'score_temperature',
                             'self_condition', 'clamp'})
 SAMPLERS = samplers.SAMPLERS
@@ -70,10 +72,14 @@ def model_fields(c) -> dict:
           'prior_logits': c.diffusion.prior_logits}
 
 
-def flops_multiplier(c) -> float:
-  """Training FLOPs over the backbone's 6N + attention: the self-conditioning pass is a forward
-  (2N) over half the batch, beside 6N."""
-  return 7 / 6 if c.diffusion.self_condition else 1.0
+def train_flops(c, vocab_size: int, by_part: bool = False) -> dict:
+  """Training FLOPs per token (`dlm.flops`): the trained pass (with the x0 estimate under the
+  mse objective) and the self-conditioning pass on half the rows."""
+  mcfg = config.model_config(c, vocab_size)
+  L, dc = mcfg.sequence_len, c.diffusion
+  return flops.stages({'model': flops.denoiser(mcfg, L, dc.self_condition,
+                                               c.train.device_batch_size, dc.loss != 'ce')},
+                      L, by_part)
 
 
 # ---- the train state's noise allocation ---------------------------------------------------

@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import (conditioning, denoiser, diffusion, labels, losses, noise, samplers, sharding,
-                 streams)
+from dlm import (conditioning, config, denoiser, diffusion, flops, labels, losses, noise,
+                 samplers, sharding, streams)
 from dlm.denoiser import embedding_table
 from dlm.families import gaussian, no_stage, one_budget, one_stage_steps
 from dlm.model import Transformer
@@ -58,6 +58,7 @@ NAME = 'hybrid'
 SUMMARY = ('masking picks the corrupted tokens, Gaussian noise at a coupled log-SNR corrupts '
            'them (CANDI)')
 EXACT = False
+LIKELIHOOD = True   # the evaluation gives bits per byte (exact or a bound)
 SAMPLE_OPTIONS = frozenset({'num_steps', 'sampler', 'temperature', 'score_temperature',
                             'self_condition', 'clamp', 'order'})
 ORDERS = ('random', 'confidence')
@@ -84,9 +85,13 @@ def coupling(proposal):
   return lam_of
 
 
-def flops_multiplier(c) -> float:
-  """The self-conditioning pass: a forward (2N) over half the batch, beside 6N."""
-  return 7 / 6 if c.diffusion.self_condition else 1.0
+def train_flops(c, vocab_size: int, by_part: bool = False) -> dict:
+  """Training FLOPs per token (`dlm.flops`): the trained pass (always the CE objective) and the
+  self-conditioning pass on half the rows."""
+  mcfg = config.model_config(c, vocab_size)
+  L = mcfg.sequence_len
+  return flops.stages({'model': flops.denoiser(mcfg, L, c.diffusion.self_condition,
+                                               c.train.device_batch_size, False)}, L, by_part)
 
 
 def describe_bound(c) -> str:

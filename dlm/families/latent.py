@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import autoencoder, conditioning, denoiser, diffusion, labels, noise, samplers, sharding
-from dlm import storage
+from dlm import autoencoder, conditioning, config, denoiser, diffusion, flops, labels, noise
+from dlm import samplers, sharding, storage
 from dlm.errors import DlmError
 from dlm.families import gaussian
 from dlm.model import Transformer
@@ -47,6 +47,7 @@ from dlm.model import Transformer
 NAME = 'latent'
 SUMMARY = 'Gaussian diffusion on the latents of a text autoencoder trained first'
 EXACT = False
+LIKELIHOOD = False  # a deterministic autoencoder gives text no probability
 SAMPLE_OPTIONS = frozenset({'num_steps', 'sampler', 'score_temperature', 'self_condition'})
 SAMPLERS = samplers.SAMPLERS
 INFILL = True
@@ -68,13 +69,21 @@ def model_fields(c) -> dict:
           'prior_logits': False, 'diffusion_dim': c.latent.dim, 'out_dim': c.latent.dim}
 
 
-def flops_multiplier(c) -> float:
-  """Training FLOPs over the backbone's 6N + attention per token: the denoiser runs on one
-  position per chunk (1 / c), with the self-conditioning pass as the Gaussian family's, and the
-  frozen encoder (as deep as latent.layers, forward only, 2N) reads every token."""
-  layers = c.latent.layers or c.model.n_layer or c.model.depth
-  encoder = 2 / 6 * layers / (c.model.n_layer or c.model.depth)
-  return gaussian.flops_multiplier(c) / c.latent.chunk + encoder
+def train_flops(c, vocab_size: int, by_part: bool = False) -> dict:
+  """Training FLOPs per token of each stage (`dlm.flops`). The autoencoder: encoder (each chunk
+  alone) and decoder (the whole window) trained together. Diffusion: the frozen encoder's
+  forward on every token, then the denoiser on one position per chunk (L / c), its head
+  predicting a latent, with the self-conditioning pass as the Gaussian family's."""
+  mcfg = config.model_config(c, vocab_size)
+  shape = autoencoder.shape_of(c, vocab_size)
+  L, n = mcfg.sequence_len, shape.chunk
+  encode = flops.encoder(shape.backbone, L, n, shape.dim)
+  decode = flops.decoder(shape.backbone, L, n, shape.dim)
+  denoise = flops.denoiser(mcfg, L // n, c.diffusion.self_condition, c.train.device_batch_size,
+                           False)
+  return flops.stages({'autoencoder': flops.scale(flops.add(encode, decode), flops.TRAIN),
+                       'diffusion': flops.add(flops.scale(encode, flops.NO_GRAD), denoise)},
+                      L, by_part)
 
 
 def at_budget(c):

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlm import conditioning, diffusion, labels, sharding, streams
+from dlm import conditioning, config, diffusion, flops, labels, sharding, streams
 from dlm.denoiser import branch_labels, embedding_table
 from dlm.families import no_stage, one_budget, one_stage_steps
 from dlm.losses import token_ce
@@ -47,6 +47,7 @@ from dlm.model import Transformer
 NAME = 'masked'
 SUMMARY = 'absorbing-state masking of tokens (MDLM / MD4), log-linear schedule'
 EXACT = False
+LIKELIHOOD = True   # the evaluation gives bits per byte (exact or a bound)
 SAMPLE_OPTIONS = frozenset({'num_steps', 'temperature', 'order', 'cache'})
 ORDERS = ('random', 'confidence')
 INFILL = True
@@ -61,8 +62,11 @@ def model_fields(c) -> dict:
   return {'causal': False, 'conditioning': True, 'prior_logits': False, 'mask_token': True}
 
 
-def flops_multiplier(c) -> float:
-  return 1.0  # one forward and backward per row, no self-conditioning pass
+def train_flops(c, vocab_size: int, by_part: bool = False) -> dict:
+  """Training FLOPs per token (`dlm.flops`): one trained pass per row, no self-conditioning."""
+  mcfg = config.model_config(c, vocab_size)
+  L = mcfg.sequence_len
+  return flops.stages({'model': flops.scale(flops.forward(mcfg, L), flops.TRAIN)}, L, by_part)
 
 
 def describe_bound(c) -> str:
