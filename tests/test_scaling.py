@@ -121,7 +121,8 @@ def test_report(scaling_run):
 def test_refusals():
   with pytest.raises(DlmError, match='no likelihood'):
     scaling.parse_families('masked,latent')
-  with pytest.raises(DlmError, match='no stable phase'):
-    scaling.branches((4, 10))
+  with pytest.raises(DlmError, match='budgets of 3 steps or more'):
+    scaling.branches((2, 10))
+  assert scaling.branches((10, 5)) == [(5, 4), (10, 8)]
   with pytest.raises(DlmError, match='unknown preset'):
     scaling.preset('huge')

@@ -108,9 +108,9 @@ def branches(budgets) -> list[tuple[int, int]]:
   out = []
   for T in sorted(budgets):
     s = T - round(COOLDOWN * T)
-    if s < 1:
-      raise DlmError(f'a budget of {T} steps leaves no stable phase before its {COOLDOWN:.0%} '
-                     'cool-down: use budgets of 5 steps or more')
+    if s < 1 or s == T:
+      raise DlmError(f'a budget of {T} steps has no room for both a stable phase and a '
+                     f'{COOLDOWN:.0%} cool-down: use budgets of 3 steps or more')
     out.append((T, s))
   return out
 

@@ -19,6 +19,11 @@ def _save(fig, workdir: str, name: str) -> str:
   return name
 
 
+def _num(x) -> float:
+  """None (an infinite or undefined multiplier) as a gap in a plotted line."""
+  return float('nan') if x is None else x
+
+
 def _fmt(x, digits: int = 3) -> str:
   return '–' if x is None else f'{x:.{digits}g}'
 
@@ -65,12 +70,12 @@ def plot_multiplier(workdir: str, results: dict) -> str | None:
   for name, curve in curves.items():
     color = COLORS.get(name, None)
     L = [x['loss'] for x in curve]
-    ax.plot(L, [x['multiplier'] for x in curve], color=color, lw=2, label=name)
-    ax.fill_between(L, [x['interval'][0] for x in curve], [x['interval'][1] for x in curve],
-                    color=color, alpha=0.15)
-    out = [x['loss'] for x in curve if x['extrapolated']]
+    ax.plot(L, [_num(x['multiplier']) for x in curve], color=color, lw=2, label=name)
+    ax.fill_between(L, [_num(x['interval'][0]) for x in curve],
+                    [_num(x['interval'][1]) for x in curve], color=color, alpha=0.15)
+    out = [x for x in curve if x['extrapolated']]
     if out:
-      ax.scatter(out, [x['multiplier'] for x in curve if x['extrapolated']], color=color,
+      ax.scatter([x['loss'] for x in out], [_num(x['multiplier']) for x in out], color=color,
                  marker='x', s=14)
   for p in results['published']:
     ax.axhline(p['multiplier'], color=COLORS.get(p['family'], 'gray'), ls=':', lw=0.8)
