@@ -40,6 +40,21 @@ def test_batches_depend_on_the_seed_and_epochs_are_reshuffled(tmp_path):
   assert not np.array_equal(starts[:20], starts[21:41])
 
 
+def test_a_cap_on_unique_windows_repeats_only_those(tmp_path):
+  """data.train_windows: the first n windows of the split, each seen once per epoch, reshuffled."""
+  import pytest
+  from dlm.errors import DlmError
+  paths = _shards(tmp_path)
+  starts = np.stack(_take(iter(data.train_dataset(paths, 8, (1, 2), seed=0, unique_windows=4)),
+                          8))[..., 0].reshape(-1)  # 4 epochs of the 4 windows
+  assert sorted(set(starts.tolist())) == [0, 8, 16, 24]
+  for epoch in starts.reshape(4, 4):
+    assert sorted(epoch.tolist()) == [0, 8, 16, 24]
+  assert len({tuple(e) for e in starts.reshape(4, 4).tolist()}) > 1  # reshuffled
+  with pytest.raises(DlmError, match='exceeds the 20 windows'):
+    data.train_dataset(paths, 8, (1, 2), seed=0, unique_windows=21)
+
+
 def test_a_restored_iterator_continues_with_the_exact_next_batch(tmp_path):
   """The checkpoint holds the windows the steps consumed, not the batch prefetched ahead."""
   paths = _shards(tmp_path)

@@ -29,10 +29,11 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _interval(r: dict) -> str:
+  """'12.3× [8.1, 19.0] at 2.100 bits/byte' (flagged when extrapolated), or why there is none."""
   if r.get('multiplier') is None:
     return 'none (' + (r.get('why_no_multiplier') or 'no fit') + ')'
   lo, hi = (_fmt(v) if v is not None else '∞' for v in r['interval'])
-  flag = ' (extrapolated: outside the measured overlap)' if r['extrapolated'] else ''
+  flag = ' (extrapolated: outside the loss range both measured)' if r['extrapolated'] else ''
   return f'{r["multiplier"]:.3g}× [{lo}, {hi}] at {r["loss"]:.3f} bits/byte{flag}'
 
 
@@ -109,8 +110,9 @@ def write(workdir: str, results: dict) -> None:
            plot_epochs(workdir, results['epochs'])]
   lines = ['# Compute multiplier: diffusion vs the AR twin at matched loss', '',
            f'Command: `{results["command"]}`', '']
-  lines += ['**Headline.** ' + '; '.join(f'**{n}** needs {_interval(fams[n])} of the AR '
-                                          "twin's training compute" for n in diffusion) + '.', '']
+  lines += ["**Headline** (training compute to reach the AR twin's held-out loss, as a "
+            'multiple of the twin\'s; 95% bootstrap interval; the loss it is read at): '
+            + '; '.join(f'**{n}** {_interval(fams[n])}' for n in diffusion) + '.', '']
   if results.get('ranking'):
     lines += ['**Ranking.** ' + '; '.join(p['verdict'] for p in results['ranking']['pairs'])
               + '.', '']
@@ -133,7 +135,8 @@ def write(workdir: str, results: dict) -> None:
     lines.append(f'| {n} | {_fmt(f["E"])} | {_fmt(f["A"])} | {_fmt(f["alpha"])} | '
                  f'{r["points"]} | {r["losses"][0]:.3f} – {r["losses"][1]:.3f} |')
   lines += ['', f'Sizes {", ".join(results["sizes"])} (layers x width); budgets '
-            f'{", ".join(map(str, results["budgets"]))} steps, each the last '
+            f'{", ".join(map(str, results["budgets"]))} steps (the AR twin: '
+            f'{", ".join(map(str, results["ar_budgets"]))}), each the last '
             f'{results["cooldown"]:.0%} a linear cool-down branched off one constant-rate run '
             f'per size; every point scored on the same {results["eval_tokens"]:,} held-out '
             f'tokens ({results["bound_samples"]} bound draws per window for diffusion).', '']
