@@ -21,7 +21,7 @@ modulation (4 D^2 per layer) and the time MLP, which run once per sequence, not 
 it misses the matmuls that are no parameter's over the tokens (prior logits, the
 self-conditioning estimate) and knows no pass without gradient; it overstated the diffusion
 families by 22-27 % on the quickstart at vocabulary 4096, where the head alone is a quarter of
-the AR model's FLOPs (docs/scaling.md, 'Counting FLOPs').
+the AR model's FLOPs (docs/compute.md, 'Counting FLOPs').
 
   python -m dlm.flops --config configs/quickstart.py   # per family: FLOPs per token, by part
   python -m dlm.flops --config configs/quickstart.py --xla   # beside XLA's count, at 1 layer

@@ -4,7 +4,7 @@ loss (forward and gradient, as `train.make_train_step` runs it) for every family
 XLA's cost analysis counts the body of a loop once, not times its trip count, so the models
 have one layer (the layer scan runs once) and the cross-entropy is not chunked (no scan).
 Width 128 and vocabulary 512: the head is near a quarter of the count, so leaving it out fails
-(measured agreement: docs/scaling.md, 'Counting FLOPs')."""
+(measured agreement: docs/compute.md, 'Counting FLOPs')."""
 
 import functools
 

@@ -213,8 +213,10 @@ class Grid:
   def measure(self, c, workdir: str, T: int, extra: dict) -> dict:
     """The point of the checkpoint at step T: its FLOPs and held-out bits/byte."""
     run = checkpoint.load_run(workdir, T)
-    cfg = ml_collections.FrozenConfigDict(
-        common.apply(run.config, {'eval.bound_samples': self.p['bound_samples']}))
+    # The budget is the only setting in which a size's branches differ, and nothing evaluated
+    # reads it: one value for all, so the evaluation compiles once per size, not per point.
+    cfg = ml_collections.FrozenConfigDict(common.apply(
+        run.config, {'eval.bound_samples': self.p['bound_samples'], 'train.num_iterations': 1}))
     r = evaluate.evaluate(run.params, run.model, cfg, self.windows,
                           run.tokenizer.token_bytes(), self.batch, proposal=run.proposal,
                           discrete=False)
@@ -321,8 +323,9 @@ def epochs_axis(g: Grid, family: str, log) -> dict:
 
 
 def scaling(c, workdir: str, preset_name: str, names, epochs_family: str = '', log=print,
-            command: str = '') -> dict:
-  """Train the grid (resuming), fit, run the epochs axis, write results.json and report.md."""
+            command: str = '', prepare_only: bool = False) -> dict | None:
+  """Train the grid (resuming), fit, run the epochs axis, write results.json and report.md.
+  prepare_only: tokenize the shared data into workdir/data and stop (to carry it to a GPU)."""
   p = preset(preset_name)
   if epochs_family and epochs_family not in names:
     raise DlmError(f'--epochs_family={epochs_family} is not one of --families '
@@ -330,6 +333,10 @@ def scaling(c, workdir: str, preset_name: str, names, epochs_family: str = '', l
   c = common.apply(c, p['config'])
   os.makedirs(workdir, exist_ok=True)
   g = Grid(c, workdir, p, log)
+  if prepare_only:
+    log(f'== the shared data is in {os.path.join(workdir, "data")}; run the same command '
+        'without --prepare_only to train')
+    return None
   log(f'== the grid: {1 + len(names)} families x {len(p["sizes"])} sizes x '
       f'{len(p["budgets"])} budgets (steps {",".join(map(str, p["ar_budgets"]))} for ar, '
       f'{",".join(map(str, p["budgets"]))} for the others)')
@@ -358,7 +365,10 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
                                   'The diffusion families measured against the AR twin.')
   _EPOCHS = flags.DEFINE_string('epochs_family', '', 'The diffusion family of the epochs axis '
                                 '(default: the one with the lowest multiplier).')
+  _PREPARE = flags.DEFINE_bool('prepare_only', False, 'Only tokenize the shared data (e.g. here, '
+                               'before carrying the workdir to a GPU machine).')
   common.run_cli(lambda: scaling(
       common.required_config(_CONFIG), _WORKDIR.value, _PRESET.value,
       parse_families(_FAMILIES.value), _EPOCHS.value, log=functools.partial(print, flush=True),
-      command='python -m dlm.experiments.scaling ' + ' '.join(sys.argv[1:])))
+      command='python -m dlm.experiments.scaling ' + ' '.join(sys.argv[1:]),
+      prepare_only=_PREPARE.value))
