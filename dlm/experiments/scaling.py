@@ -207,7 +207,9 @@ class Grid:
       train.train(run_c, workdir, log=quiet, final_eval=False)
       _reached(workdir, T)
       points[T] = self.measure(run_c, workdir, T, {**extra, 'steps': T})
-      common.write_json(self.point_path(keys[T]), points[T])
+      path = self.point_path(keys[T])  # whole or absent, whenever the process is killed
+      common.write_json(path + '.tmp', points[T])
+      os.replace(path + '.tmp', path)
     return [points[T] for T, _ in plan]
 
   def measure(self, c, workdir: str, T: int, extra: dict) -> dict:
