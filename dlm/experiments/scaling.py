@@ -288,9 +288,12 @@ def analyse(points: list[dict], names, p: dict) -> dict:
     except DlmError as e:
       r.update(multiplier=None, interval=None, why_no_multiplier=str(e))
       continue
-    # along the whole loss range the two families measured, beyond the overlap (flagged)
-    lo = min(r['losses'][0], out[ar.NAME]['losses'][0])
-    hi = max(r['losses'][1], out[ar.NAME]['losses'][1])
+    # across the loss range both measured, and a quarter of it beyond each end (flagged):
+    # further out one of the curves is a power law with no run under it
+    both = r['overlap'] or sorted([r['loss'], r['loss']])
+    margin = max(0.25 * (both[1] - both[0]), 0.02)
+    lo = max(min(r['losses'][0], out[ar.NAME]['losses'][0]), both[0] - margin)
+    hi = min(max(r['losses'][1], out[ar.NAME]['losses'][1]), both[1] + margin)
     r['multiplier_vs_loss'] = fits.multiplier(
         r['fit'], out[ar.NAME]['fit'], boots[name], boots[ar.NAME],
         np.geomspace(lo, hi, 25).tolist())

@@ -78,6 +78,11 @@ def plot_multiplier(workdir: str, results: dict) -> str | None:
     if out:
       ax.scatter([x['loss'] for x in out], [_num(x['multiplier']) for x in out], color=color,
                  marker='x', s=14)
+  points = [x['multiplier'] for c in curves.values() for x in c if x['multiplier']]
+  lows = [x['interval'][0] for c in curves.values() for x in c if x['interval'][0]]
+  if points:  # an upper band that runs off to 1e16 would flatten the curves: cut at 100x
+    ax.set_ylim(min(lows + points + [p['multiplier'] for p in results['published']]) / 3,
+                max(points) * 100)
   for p in results['published']:
     ax.axhline(p['multiplier'], color=COLORS.get(p['family'], 'gray'), ls=':', lw=0.8)
   ax.set_yscale('log')
@@ -126,14 +131,20 @@ def write(workdir: str, results: dict) -> None:
             'likelihoods. Published figures come from other data, tokenizers and scales: they '
             'place ours, they do not check it.', '',
             '## Fits of the lower envelope: L(C) = E + A·C^(−α)', '',
-            '| family | E | A | α | points | loss range (bits/byte) |', '|---|---|---|---|---|---|']
+            'rms: the fit\'s root-mean-square residual on the envelope, in bits/byte; a parameter '
+            '"at bound" sits on its constraint (E = 0, α at an end), where the points do not '
+            'pin it: the curve is then not a power law over the measured range, and its '
+            'multipliers rest on the form more than on the points.', '',
+            '| family | E | A | α | rms | at bound | points | loss range (bits/byte) |',
+            '|---|---|---|---|---|---|---|---|']
   for n, r in fams.items():
     f = r.get('fit')
     if f is None:
-      lines.append(f'| {n} | no fit: {r["why"]} | | | {r["points"]} | |')
+      lines.append(f'| {n} | no fit: {r["why"]} | | | | | {r["points"]} | |')
       continue
     lines.append(f'| {n} | {_fmt(f["E"])} | {_fmt(f["A"])} | {_fmt(f["alpha"])} | '
-                 f'{r["points"]} | {r["losses"][0]:.3f} – {r["losses"][1]:.3f} |')
+                 f'{f["rms"]:.3f} | {", ".join(f["at_bound"]) or "–"} | {r["points"]} | '
+                 f'{r["losses"][0]:.3f} – {r["losses"][1]:.3f} |')
   lines += ['', f'Sizes {", ".join(results["sizes"])} (layers x width); budgets '
             f'{", ".join(map(str, results["budgets"]))} steps (the AR twin: '
             f'{", ".join(map(str, results["ar_budgets"]))}), each the last '
