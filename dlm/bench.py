@@ -24,19 +24,18 @@ are printed at the end; on a shared machine only they mean much.
 
 import functools
 import json
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from dlm import config as config_lib
 from dlm import families, sampling, sharding, state as state_lib
-from dlm.errors import DlmError
+from dlm.errors import DlmError, run_cli
 from dlm import ar_configs
 from dlm.model import count_params
 from dlm.train import make_train_step, peak_flops
@@ -229,24 +228,18 @@ if __name__ == '__main__':
                                     'state split over each of these comma-separated numbers '
                                     'of devices (1: data parallel): memory, collectives, time.')
 
-  def main(argv):
-    del argv
-    logging.set_verbosity(logging.ERROR)
-    try:
-      if _CONFIG.value is None:
-        raise DlmError('--config is required (e.g. configs/d12.py)')
-      log = functools.partial(print, flush=True)
-      if _FSDP_SIZES.value:
-        sizes = tuple(int(x) for x in _FSDP_SIZES.value.split(',') if x)
-        result = fsdp_costs(_CONFIG.value, sizes, _BATCH.value, _STEPS.value, log)
-      else:
-        result = bench(_CONFIG.value, _BATCH.value, _STEPS.value, log=log,
-                       names=tuple(n for n in _FAMILIES.value.split(',') if n))
-    except DlmError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
+  def main() -> None:
+    if _CONFIG.value is None:
+      raise DlmError('--config is required (e.g. configs/d12.py)')
+    log = functools.partial(print, flush=True)
+    if _FSDP_SIZES.value:
+      sizes = tuple(int(x) for x in _FSDP_SIZES.value.split(',') if x)
+      result = fsdp_costs(_CONFIG.value, sizes, _BATCH.value, _STEPS.value, log)
+    else:
+      result = bench(_CONFIG.value, _BATCH.value, _STEPS.value, log=log,
+                     names=tuple(n for n in _FAMILIES.value.split(',') if n))
     if _OUTPUT.value:
       with open(_OUTPUT.value, 'w') as f:
         json.dump(result, f, indent=2)
 
-  app.run(main)
+  run_cli(main)

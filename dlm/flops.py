@@ -175,13 +175,11 @@ def report(c, vocab_size: int, names, xla: bool = False) -> str:
 
 
 if __name__ == '__main__':
-  import sys
-
-  from absl import app, flags, logging
+  from absl import flags
   from ml_collections import config_flags
 
   from dlm import ar_configs
-  from dlm.errors import DlmError
+  from dlm.errors import DlmError, run_cli
 
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'The config whose shapes to count.')
   _FAMILIES = flags.DEFINE_string('families', ','.join(families.FAMILIES),
@@ -189,21 +187,15 @@ if __name__ == '__main__':
   _XLA = flags.DEFINE_bool('xla', False, 'Compare with XLA\'s count of the compiled training '
                            'loss and gradient, at one layer (XLA counts a loop\'s body once).')
 
-  def main(argv):
-    del argv
-    logging.set_verbosity(logging.ERROR)
-    try:
-      if _CONFIG.value is None:
-        raise DlmError('--config is required (e.g. configs/quickstart.py)')
-      names = [n for n in _FAMILIES.value.split(',') if n]
-      unknown = [n for n in names if n not in families.FAMILIES]
-      if unknown or not names:
-        raise DlmError(f'--families: {",".join(unknown) or "none given"}; expected some of '
-                       f'{",".join(families.FAMILIES)}')
-      c = _CONFIG.value
-      print(report(c, ar_configs.planned_vocab(c), names, _XLA.value))
-    except DlmError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
+  def main() -> None:
+    if _CONFIG.value is None:
+      raise DlmError('--config is required (e.g. configs/quickstart.py)')
+    names = [n for n in _FAMILIES.value.split(',') if n]
+    unknown = [n for n in names if n not in families.FAMILIES]
+    if unknown or not names:
+      raise DlmError(f'--families: {",".join(unknown) or "none given"}; expected some of '
+                     f'{",".join(families.FAMILIES)}')
+    c = _CONFIG.value
+    print(report(c, ar_configs.planned_vocab(c), names, _XLA.value))
 
-  app.run(main)
+  run_cli(main)

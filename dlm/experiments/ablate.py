@@ -37,7 +37,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, gpt2, metrics, quality, samplers
-from dlm.errors import DlmError
+from dlm.errors import DlmError, run_cli
 from dlm.experiments import common, report
 
 SCHEDULE = {'diffusion.allocation': 'schedule'}  # the seed's uniform times on a schedule
@@ -173,7 +173,7 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
                                     'instead of a self-trained AR scorer.')
   _VARIANTS = flags.DEFINE_string('variants', '', 'Only these variants of the sweep, by name, '
                                   'comma-separated (default: all).')
-  common.run_cli(lambda: ablate(
+  run_cli(lambda: ablate(
       common.required_config(_CONFIG), _SWEEP.value,
       _WORKDIR.value or f'runs/ablate_{_SWEEP.value}', _PRESET.value, _SCORER.value,
       log=functools.partial(print, flush=True),

@@ -8,13 +8,11 @@ Overrides are `section.field` keys applied on top of the user's config.
 import copy
 import json
 import os
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, logging
 
 from dlm import checkpoint, data, evaluate, families, train
 from dlm.ar_configs import ar_twin, scorer_config
@@ -226,16 +224,3 @@ def required_config(flag):
   if flag.value is None:
     raise DlmError('--config is required (e.g. configs/quickstart.py)')
   return flag.value
-
-
-def run_cli(body) -> None:
-  """The experiment commands' absl entry: Orbax kept quiet, DlmError as one line and exit 1."""
-  def main(argv) -> None:
-    del argv
-    logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO
-    try:
-      body()
-    except DlmError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
-  app.run(main)

@@ -47,7 +47,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, families, metrics, quality, sampling, sharding
-from dlm.errors import DlmError
+from dlm.errors import DlmError, run_cli
 from dlm.experiments import common, report
 from dlm.families import ar
 from dlm.model import count_params
@@ -205,7 +205,7 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
                                     'instead of a self-trained AR scorer.')
   _FAMILIES = flags.DEFINE_string('families', ','.join(common.DIFFUSION),
                                   'The diffusion families compared, comma-separated.')
-  common.run_cli(lambda: compare(
+  run_cli(lambda: compare(
       common.required_config(_CONFIG), _WORKDIR.value, _PRESET.value, _SCORER.value,
       common.parse_families(_FAMILIES.value), log=functools.partial(print, flush=True),
       command='python -m dlm.experiments.compare ' + ' '.join(sys.argv[1:]),

@@ -25,7 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, labels, metrics, quality, sampling
-from dlm.errors import DlmError
+from dlm.errors import DlmError, run_cli
 from dlm.experiments import common, report
 
 SCALES = (0.0, 1.0, 2.0, 4.0)
@@ -176,7 +176,7 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
     except ValueError:
       raise DlmError(f'--scales={",".join(_SCALES.value)}: give numbers, e.g. 0,1,2,4')
 
-  common.run_cli(lambda: guidance(
+  run_cli(lambda: guidance(
       common.required_config(_CONFIG), _LABEL.value, _WORKDIR.value, _PRESET.value,
       _SCORER.value, _VALUE.value, _scales(), log=functools.partial(print, flush=True),
       command='python -m dlm.experiments.guidance ' + ' '.join(sys.argv[1:]),

@@ -42,7 +42,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, families, quality, sampling, sharding
-from dlm.errors import DlmError
+from dlm.errors import DlmError, run_cli
 from dlm.families import ar
 from dlm.experiments import common, report
 
@@ -495,7 +495,7 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
                                   + ', '.join(f'{k} {v}' for k, v in NUM_WINDOWS.items()) + ').')
   _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature, every model.')
   _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the fills.')
-  common.run_cli(lambda: infill(
+  run_cli(lambda: infill(
       _CONFIG.value, _WORKDIR.value, _PRESET.value, _SCORER.value,
       common.parse_families(_FAMILIES.value), parse_workdirs(_RUNS.value),
       parse_gaps(_GAPS.value), _WINDOWS.value, _TEMPERATURE.value, _SEED.value,

@@ -44,7 +44,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dlm import checkpoint, data, evaluate, families, train
-from dlm.errors import DlmError
+from dlm.errors import DlmError, run_cli
 from dlm.experiments import common, fits, scaling_report
 from dlm.families import ar
 
@@ -374,7 +374,7 @@ if __name__ == '__main__':  # flags only for the command, so the module imports 
                                 '(default: the one with the lowest multiplier).')
   _PREPARE = flags.DEFINE_bool('prepare_only', False, 'Only tokenize the shared data (e.g. here, '
                                'before carrying the workdir to a GPU machine).')
-  common.run_cli(lambda: scaling(
+  run_cli(lambda: scaling(
       common.required_config(_CONFIG), _WORKDIR.value, _PRESET.value,
       parse_families(_FAMILIES.value), _EPOCHS.value, log=functools.partial(print, flush=True),
       command='python -m dlm.experiments.scaling ' + ' '.join(sys.argv[1:]),
