@@ -369,8 +369,10 @@ def check_keys(c) -> None:
   """Reject a field that base_config() does not have: ConfigDicts accept new keys, so a
   misspelt `c.train.log_evry = 5` in a config file would otherwise be silently ignored."""
   flat = flat_keys(c)
-  for key in flat:
-    _require(key in RULES, unknown_key_message(key))
+  unknown = next((key for key in flat if key not in RULES), None)
+  # the message (a fuzzy search over every field) only when there is one: it cost 0.2 s per
+  # validation when built for every key
+  _require(unknown is None, unknown is not None and unknown_key_message(unknown))
   missing = [k for k in RULES if k not in flat]
   _require(not missing, f'the config lacks {", ".join(missing)}: build it from '
            'dlm.config.base_config()')
