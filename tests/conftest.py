@@ -12,13 +12,6 @@ import pytest
 
 # Tests never touch the network: the default corpus is the generated one, decided at once.
 os.environ['HF_HUB_OFFLINE'] = '1'
-# The suite's models are tiny: compiling them costs more than running them, so XLA's CPU
-# backend skips its expensive LLVM passes (a cold `.ci/run` spent about 60 % of its time
-# compiling; these flags cut the CPU time of tests/test_train.py and test_families.py from a cold
-# cache by 19 %). Set before the backend starts; subprocesses inherit them.
-os.environ['XLA_FLAGS'] = ' '.join(filter(None, [
-    os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0',
-    '--xla_llvm_disable_expensive_passes=true']))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -79,11 +79,6 @@ json.dump(report, open(f'{out}.{process}', 'w'))
 '''
 
 
-def _devices_flag(devices: int) -> str:
-  """XLA_FLAGS for a subprocess with `devices` CPU devices, keeping the suite's own flags."""
-  return f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
-
-
 def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1,
          processes: int = 1, data_path: str = '', full: bool = True, rows: int = 0) -> dict:
   """Train (or resume) workdir on `devices` devices in each of `processes` processes (joined
@@ -91,7 +86,7 @@ def _run(tmp_path, devices: int, workdir: str, stop: int = 0, fsdp: int = 1,
   tokens: `rows` per device (default 8 / devices) in as many micro-steps as that takes.
   Process 0's report (full: with evaluation, sampling and memory)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
-             XLA_FLAGS=_devices_flag(devices))
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   out = tmp_path / f'{workdir}.json'
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -210,7 +205,7 @@ def test_compiled_steps_data_parallel_reduces_once_and_fsdp_gathers_one_layer_at
   reduce-scattered inside the loops, no all-reduce is gradient-sized, and the peak memory per
   device is at most a quarter of data parallelism's."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
-             XLA_FLAGS=_devices_flag(8))
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
   out = tmp_path / 'hlo.json'
   proc = subprocess.run([sys.executable, '-c', _COMPILED, str(out)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
@@ -266,7 +261,7 @@ def test_a_batch_of_three_on_eight_devices_is_padded_and_equals_one_device(
       [sys.executable, '-c', _PADDED, str(trained_workdir), str(tmp_path / f'{devices}.json')],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
-               XLA_FLAGS=_devices_flag(devices)))
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'))
       for devices in (1, 8)}
   for p in procs.values():
     _, err = p.communicate(timeout=300)
