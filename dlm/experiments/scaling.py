@@ -184,7 +184,7 @@ class Grid:
     every = functools.reduce(math.gcd, [s for _, s in plan])
     base = common.apply(c, {**QUIET, 'train.num_iterations': T_max,
                             'train.checkpoint_every': every,
-                            'train.keep_checkpoints': s_max // every + 2})
+                            'train.keep_checkpoints': T_max // every + 2})
     stable = os.path.join(self.root, label, 'stable')
     quiet = lambda *a, **k: None
     latest = checkpoint.Checkpoints(stable, read_only=True).latest_step() if os.path.isdir(
@@ -201,10 +201,13 @@ class Grid:
       else:
         workdir = os.path.join(self.root, label, f'cooldown{T}')
         run_c = common.apply(base, {'train.num_iterations': T})
-        here = os.path.join(workdir, 'checkpoints', str(s))
         if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-          os.makedirs(os.path.dirname(here), exist_ok=True)
-          shutil.copytree(os.path.join(stable, 'checkpoints', str(s)), here)
+          # copied aside and renamed, so a kill mid-copy leaves no half checkpoint to resume
+          partial = os.path.join(workdir, 'checkpoints.partial')
+          shutil.rmtree(partial, ignore_errors=True)
+          shutil.copytree(os.path.join(stable, 'checkpoints', str(s)),
+                          os.path.join(partial, str(s)))
+          os.replace(partial, os.path.join(workdir, 'checkpoints'))
       self.log(f'-- {label}: cool-down {s} -> {T} steps')
       train.train(run_c, workdir, log=quiet, final_eval=False)
       _reached(workdir, T)
