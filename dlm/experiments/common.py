@@ -177,7 +177,7 @@ def train_run(c, workdir: str, log) -> dict:
   wall = time.perf_counter() - start
   curve = loss_curve(workdir)
   tps = [r['tokens_per_sec'] for r in curve if 'tokens_per_sec' in r]
-  per_step = c.train.device_batch_size * c.model.sequence_len * config_accumulation(c)
+  per_step = tokens_per_step(c)
   stages = {k: n * per_step for k, n in families.of(c.model).stage_steps(c).items()}
   return {'workdir': workdir, 'train_wall_s': wall,
           'tokens_per_sec': float(np.median(tps)) if tps else float('nan'),
@@ -187,6 +187,15 @@ def train_run(c, workdir: str, log) -> dict:
 
 def config_accumulation(c) -> int:
   return config_lib.accumulation_steps(c, jax.device_count())
+
+
+def windows_per_step(c) -> int:
+  """Training windows in one optimiser step of c on this machine's devices."""
+  return c.train.device_batch_size * jax.device_count() * config_accumulation(c)
+
+
+def tokens_per_step(c) -> int:
+  return windows_per_step(c) * c.model.sequence_len
 
 
 def loss_curve(workdir: str) -> list[dict]:

@@ -227,8 +227,7 @@ class Grid:
     r = evaluate.evaluate(run.params, run.model, cfg, self.windows,
                           run.tokenizer.token_bytes(), self.batch, proposal=run.proposal,
                           discrete=False)
-    tokens_per_step = c.train.device_batch_size * c.model.sequence_len * \
-        common.config_accumulation(c)
+    tokens_per_step = common.tokens_per_step(c)
     point = {**extra, 'family': c.model.family, 'n_layer': c.model.n_layer,
              'n_embd': c.model.n_embd, 'workdir': workdir,
              'tokens': T * tokens_per_step,
@@ -319,8 +318,7 @@ def epochs_axis(g: Grid, family: str, log) -> dict:
   out = {'family': family, 'size': f'{n_layer}x{n_embd}', 'epochs': list(p['epochs'])}
   for name in (ar.NAME, family):
     c = sized(g.c, name, n_layer, n_embd)
-    per_step = c.train.device_batch_size * common.config_accumulation(c)
-    c = common.apply(c, {'data.train_windows': p['unique_steps'] * per_step})
+    c = common.apply(c, {'data.train_windows': p['unique_steps'] * common.windows_per_step(c)})
     budgets = [e * p['unique_steps'] for e in p['epochs']]
     pts = g.wsd(c, f'epochs/{name}', budgets, {'axis': 'epochs', 'size': out['size']})
     for x in pts:
